@@ -1,0 +1,39 @@
+# fedattr: the two set-up commands are `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedattr-installed
+
+# Flower offline: no runtime dependency installation, no telemetry, no update checks,
+# and a project-local FLWR_HOME so nothing is written to the user's ~/.flwr.
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export FLWR_HOME ?= $(CURDIR)/.flwr_home
+export FEDATTR_CACHE_DIR ?= $(CURDIR)/.fedattr_cache
+
+.PHONY: venv demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedattr run scenarios/demo.toml --out results/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.evaluators
+
+clean:
+	rm -rf results .flwr_home .pytest_cache

@@ -1,0 +1,153 @@
+"""Per-round attribution: build the round game from client states and run the evaluators.
+
+Plain torch (no Flower): the strategy hands over state dicts keyed by partition id; this module
+builds v_t(S) = U(w_t + FedAvg_S(g)) with ONE shared utility cache, runs every configured
+evaluator on it, and, for attackers that also sent their honest update (testbed-only
+counterfactual), scores the honest alternative in the same round game.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedattr.evaluators import ModelUtility, RoundGame, make_evaluator
+
+
+@dataclass
+class RoundAttribution:
+    """What one round's scoring produced."""
+
+    values: dict[str, dict[int, float]]
+    counterfactual_values: dict[str, dict[int, float]]
+    evaluations: dict[str, int]
+    seconds: dict[str, float]
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class RoundScorer:
+    """Scores every client of a round with the configured evaluators on one shared game.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A template of the global model (architecture only).
+    x_val, y_val : Tensor
+        The server's validation split.
+    evaluators : list of (name, params)
+        Registry names of ``fedattr.evaluators`` and their constructor parameters.
+    utility : str
+        ``accuracy``, ``neg_ce`` or ``balanced_accuracy``.
+    val_subset : int or None
+        Evaluate the utility on a fixed random subset of this many validation images.
+    engine : str
+        ``auto``, ``batched`` or ``naive`` coalition evaluation.
+    device : str
+        Where coalition models are evaluated.
+    seed : int
+        Seed of the Monte-Carlo evaluators (combined with the round number).
+    """
+
+    def __init__(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, evaluators: list[tuple[str, dict]],
+                 *, utility: str = "accuracy", val_subset: int | None = None, engine: str = "auto",
+                 device: str | torch.device = "cpu", seed: int = 0, num_classes: int | None = None):
+        self.evaluators = [(name, dict(params)) for name, params in evaluators]
+        self.seed = seed
+        self.utility = ModelUtility(model, x_val, y_val, metric=utility, num_classes=num_classes,
+                                    val_subset=val_subset, subset_seed=seed, engine=engine, device=device)
+        # Fail at construction, not in round 1, on a bad evaluator name or parameter.
+        for name, params in self.evaluators:
+            make_evaluator(name, **params)
+
+    def _game(self, base: torch.Tensor, states: dict[int, dict], weights: dict[int, float]) -> RoundGame:
+        pids = sorted(states)
+        layout = self.utility.layout
+        updates = torch.stack([layout.flatten(states[p]) - base for p in pids])
+        return RoundGame(self.utility, base, updates, weights=[weights[p] for p in pids], players=pids)
+
+    def score(self, server_round: int, global_state: dict, states: dict[int, dict], weights: dict[int, float],
+              counterfactuals: dict[int, dict] | None = None) -> RoundAttribution:
+        """Score one round; ``counterfactuals`` maps attacker ids to their honest states."""
+        base = self.utility.layout.flatten(global_state)
+        game = self._game(base, states, weights)
+        values: dict[str, dict[int, float]] = {}
+        evaluations: dict[str, int] = {}
+        seconds: dict[str, float] = {}
+        extra: dict[str, dict[str, Any]] = {}
+        t0 = time.perf_counter()
+        for name, params in self.evaluators:
+            ev = make_evaluator(name, **params).fit(game, seed=self.seed * 7919 + server_round)
+            values[name] = {int(p): float(v) for p, v in zip(game.players, ev.values_)}
+            evaluations[name] = int(ev.n_evaluations_)
+            seconds[name] = float(ev.seconds_)
+            extra[name] = {k: _scalar(getattr(ev, k)) for k in ("n_permutations_", "skipped_", "stderr_")
+                           if hasattr(ev, k) and _scalar(getattr(ev, k)) is not None}
+        evaluations["unique"] = int(game.cache.n_evaluations)
+        cf_values: dict[str, dict[int, float]] = {name: {} for name, _ in self.evaluators}
+        for pid, honest_state in (counterfactuals or {}).items():
+            if pid not in states:
+                continue
+            alt = dict(states)
+            alt[pid] = honest_state
+            cf_game = self._game(base, alt, weights)
+            cf_game.cache.seed_from(game.cache, exclude_player=game.players.index(pid))
+            for name, params in self.evaluators:
+                ev = make_evaluator(name, **params).fit(cf_game, seed=self.seed * 7919 + server_round)
+                cf_values[name][int(pid)] = float(ev.values_[list(cf_game.players).index(pid)])
+            evaluations[f"counterfactual_{pid}_unique"] = int(cf_game.cache.n_evaluations)
+        seconds["total"] = time.perf_counter() - t0
+        return RoundAttribution(values, cf_values, evaluations, seconds, extra)
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if hasattr(v, "item"):
+        return v.item()
+    return None
+
+
+def ranks(values: dict[int, float]) -> dict[int, int]:
+    """Rank 1 = highest value; ties broken by partition id for determinism."""
+    order = sorted(values, key=lambda p: (-values[p], p))
+    return {p: i + 1 for i, p in enumerate(order)}
+
+
+class AttributionLedger:
+    """Multi-round bookkeeping: cumulative values, the normalised variant, ranks, inflation.
+
+    ``cumulative[ev][pid]`` is the sum of a client's per-round values; ``normalised[ev][pid]``
+    sums each round's values divided by that round's total absolute value (so every round weighs
+    the same whatever its gain); ``inflation[ev][pid]`` sums, for attackers that reported a
+    counterfactual, value minus counterfactual value.
+    """
+
+    def __init__(self) -> None:
+        self.cumulative: dict[str, dict[int, float]] = {}
+        self.normalised: dict[str, dict[int, float]] = {}
+        self.inflation: dict[str, dict[int, float]] = {}
+
+    def update(self, attribution: RoundAttribution) -> None:
+        """Add one round."""
+        for ev, vals in attribution.values.items():
+            cum = self.cumulative.setdefault(ev, {})
+            norm = self.normalised.setdefault(ev, {})
+            scale = sum(abs(v) for v in vals.values())
+            for pid, v in vals.items():
+                cum[pid] = cum.get(pid, 0.0) + v
+                norm[pid] = norm.get(pid, 0.0) + (v / scale if scale > 0 else 0.0)
+        for ev, cf in attribution.counterfactual_values.items():
+            infl = self.inflation.setdefault(ev, {})
+            for pid, v_honest in cf.items():
+                infl[pid] = infl.get(pid, 0.0) + attribution.values[ev][pid] - v_honest
+
+    def ranks(self) -> dict[str, dict[int, int]]:
+        """Rank of every client by cumulative value, per evaluator."""
+        return {ev: ranks(vals) for ev, vals in self.cumulative.items()}

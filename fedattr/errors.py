@@ -1,0 +1,9 @@
+"""Errors a user can cause: the CLI prints their message and exits with status 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, stated in one clear message."""
+
+
+class DatasetUnavailableError(UserError):
+    """A torchvision dataset is missing from its data directory and cannot be downloaded."""

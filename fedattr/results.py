@@ -1,0 +1,98 @@
+"""The result store: one directory per job, every write atomic (temp file + rename).
+
+Layout of a scenario run ``R/`` (see README, "Outputs"):
+``R/scenario.json``, ``R/environment.json``, ``R/plan.json`` and, per arm and seed,
+``R/jobs/<arm>__s<seed>/rounds.jsonl`` (one record per finished round) and ``summary.json``
+(written when the job ends; its presence marks the job finished, so an interrupted run can be
+resumed without redoing it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (non-finite floats become null)."""
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read one JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON Lines file; a missing file is an empty list."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def job_name(arm: str, seed: int) -> str:
+    """Directory name of one (arm, seed) job."""
+    return f"{arm}__s{seed}"
+
+
+class JobRecorder:
+    """Appends round records of one job and writes its summary, atomically."""
+
+    def __init__(self, job_dir: str | Path):
+        self.job_dir = Path(job_dir).resolve()
+        self.rounds_path = self.job_dir / "rounds.jsonl"
+        self.summary_path = self.job_dir / "summary.json"
+        self._lines: list[str] = []
+
+    def start(self) -> None:
+        """Begin a fresh job: earlier partial rounds of an unfinished job are discarded."""
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        self._lines = []
+        atomic_write_text(self.rounds_path, "")
+
+    def append_round(self, record: dict) -> None:
+        """Add one finished round; the file on disk always holds whole records only."""
+        self._lines.append(json.dumps(_jsonable(record), sort_keys=False))
+        atomic_write_text(self.rounds_path, "\n".join(self._lines) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        """Mark the job finished."""
+        atomic_write_json(self.summary_path, summary)
+
+    @property
+    def finished(self) -> bool:
+        """True when the job's summary exists."""
+        return self.summary_path.exists()
