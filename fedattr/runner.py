@@ -68,6 +68,7 @@ def simulation_superlink(flwr_home: Path, log_path: Path) -> Iterator[tuple[str,
            "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"]
     log_fh = open(log_path, "ab")
     proc = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True)
+    (flwr_home / "superlink.pid").write_text(f"{proc.pid}\n")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -154,12 +155,11 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
             try:
                 while proc.poll() is None:
                     time.sleep(1.0)
-                    done = 0
+                    done = sum((Path(j["dir"]) / "summary.json").exists() for j in jobs)
                     for j in jobs:
                         d = Path(j["dir"])
-                        n_rounds = len(read_jsonl(d / "rounds.jsonl")) if (d / "rounds.jsonl").exists() else 0
+                        n_rounds = len(read_jsonl(d / "rounds.jsonl"))
                         finished = (d / "summary.json").exists()
-                        done += finished
                         key = j["spec"]["job_id"]
                         if n_rounds and first_round_at is None:
                             first_round_at = time.perf_counter()
@@ -169,7 +169,7 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
                                 seen[key + "#done"] = 1
                             _emit(progress, {"event": "round", "arm": j["spec"]["arm"], "seed": j["spec"]["seed"],
                                              "round": n_rounds, "rounds": j["spec"]["rounds"],
-                                             "jobs_done": 0, "jobs_total": len(jobs)})
+                                             "jobs_done": done, "jobs_total": len(jobs)})
                     _emit(progress, {"event": "jobs", "jobs_done": done, "jobs_total": len(jobs)})
                     if done == len(jobs):
                         break

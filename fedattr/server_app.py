@@ -35,13 +35,11 @@ app = ServerApp()
 
 
 def _plan_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
-    from fedattr.scenario import load_scenario, scenario_from_dict
+    from fedattr.scenario import apply_overrides, load_scenario, scenario_from_dict
 
     path = str(run_config.get("scenario", "") or "")
     overrides = [s.strip() for s in str(run_config.get("set", "") or "").split(";") if s.strip()]
-    scenario = load_scenario(path, overrides) if path else scenario_from_dict({})
-    if overrides and not path:
-        scenario = load_scenario(None, overrides) if _accepts_none() else scenario
+    scenario = load_scenario(path, overrides) if path else scenario_from_dict(apply_overrides({}, overrides))
     out = str(run_config.get("out-dir", "") or "")
     if out:
         results_dir = Path(out).expanduser().resolve()
@@ -55,14 +53,6 @@ def _plan_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
     atomic_write_json(results_dir / "scenario.json", scenario.model_dump(mode="json"))
     jobs = scenario_jobs(scenario, results_dir, default_cache_dir())
     return {"num_clients": scenario.num_clients, "jobs": jobs, "results_dir": str(results_dir)}
-
-
-def _accepts_none() -> bool:
-    import inspect
-
-    from fedattr.scenario import load_scenario
-
-    return "None" in str(inspect.signature(load_scenario).parameters["path"].annotation)
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout_s: float) -> None:

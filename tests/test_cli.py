@@ -1,0 +1,313 @@
+"""The fedattr CLI, with a fake runner (no Flower, no torch) and the real report on the fixture."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tomllib
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedattr.cli import app
+from fedattr.errors import UserError
+from fedattr.scenario import Scenario, load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "scenarios" / "demo.toml"
+SMALL = Path(__file__).resolve().parent / "fixtures" / "results_small"
+REGISTRIES = {"datasets": ["mnist5k", "cifar10"], "models": ["cnn", "vgg11"],
+              "evaluators": ["individual", "loo", "shapley", "gtg"],
+              "attacks": ["honest", "latent"], "aggregators": ["fedavg"]}
+
+
+@pytest.fixture()
+def cli():
+    """A CliRunner (stdout and stderr kept apart)."""
+    return CliRunner()
+
+
+@pytest.fixture()
+def fake_runner(monkeypatch, tmp_path):
+    """A stand-in ``fedattr.runner`` that records calls and returns copies of the fixture."""
+    fake = types.ModuleType("fedattr.runner")
+    fake.calls = []
+
+    def run_scenario(scenario, out_dir=None, progress=None, scenario_path=None):
+        fake.calls.append(("run_scenario", scenario, out_dir, scenario_path))
+        progress({"event": "log", "message": "starting [fake]"})
+        for r in range(1, 4):
+            progress({"event": "round", "arm": "attack", "seed": 0, "round": r, "rounds": 3,
+                      "jobs_done": 1, "jobs_total": 4})
+        progress({"event": "jobs", "jobs_done": 4, "jobs_total": 4})
+        progress({"event": "something-new"})
+        dest = Path(out_dir) if out_dir else tmp_path / "results" / "small"
+        return shutil.copytree(SMALL / "run", dest)
+
+    def run_sweep(scenario, points, out_dir=None, progress=None, grid=None):
+        fake.calls.append(("run_sweep", scenario, points, out_dir, grid))
+        progress({"event": "round", "arm": "attack", "seed": 1, "round": 2, "rounds": 2,
+                  "jobs_done": 3, "jobs_total": 8, "point": 1, "points": 2})
+        return shutil.copytree(SMALL / "sweep", Path(out_dir) if out_dir else tmp_path / "sweep")
+
+    def train_generator(scenario, source="public", partition_id=None, force=False):
+        fake.calls.append(("train_generator", scenario, source, partition_id, force))
+        return {"path": "/cache/vae.pt", "cached": not force, "source": source}
+
+    def registries():
+        return REGISTRIES
+
+    fake.run_scenario, fake.run_sweep = run_scenario, run_sweep
+    fake.train_generator, fake.registries = train_generator, registries
+    monkeypatch.setitem(sys.modules, "fedattr.runner", fake)
+    import fedattr
+    monkeypatch.setattr(fedattr, "runner", fake, raising=False)
+    return fake
+
+
+def assert_user_error(result, *needles):
+    """Exit status 2, the message on stderr, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# --------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["sweep"], ["report"], ["train-generator"],
+                                  ["list"], ["scenario"], ["scenario", "schema"],
+                                  ["scenario", "check"]], ids=" ".join)
+def test_help(cli, args):
+    result = cli.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.stdout
+    if args and args != ["scenario"]:
+        assert "Example" in result.stdout and "fedattr" in result.stdout
+
+
+def test_no_arguments_shows_help(cli):
+    result = cli.invoke(app, [])
+    assert "run" in result.output and "sweep" in result.output
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+def test_scenario_schema(cli):
+    result = cli.invoke(app, ["scenario", "schema"])
+    assert result.exit_code == 0
+    assert "partition.alpha: float = 0.5" in result.stdout and "[[arms]]" in result.stdout
+
+
+def test_scenario_schema_json(cli):
+    result = cli.invoke(app, ["scenario", "schema", "--json"])
+    assert result.exit_code == 0
+    assert "partition" in json.loads(result.stdout)["properties"]
+
+
+def test_scenario_check_prints_the_resolved_scenario(cli, fake_runner):
+    result = cli.invoke(app, ["scenario", "check", str(DEMO), "--set", "partition.alpha=0.1"])
+    assert result.exit_code == 0, result.output
+    resolved = tomllib.loads(result.stdout)
+    assert resolved["partition"]["alpha"] == 0.1
+    assert resolved == tomllib.loads(load_scenario(DEMO, ["partition.alpha=0.1"]).to_toml())
+    assert "ok" in result.stderr and "2 arms x 1 seeds" in result.stderr
+
+
+def test_scenario_check_json(cli, fake_runner):
+    result = cli.invoke(app, ["scenario", "check", str(DEMO), "--json"])
+    assert result.exit_code == 0
+    assert Scenario.model_validate(json.loads(result.stdout)) == load_scenario(DEMO)
+
+
+def test_scenario_check_bad_value(cli, fake_runner):
+    result = cli.invoke(app, ["scenario", "check", str(DEMO), "--set", "partition.alpha=-1"])
+    assert_user_error(result, "partition.alpha = -1", "greater than 0")
+
+
+def test_scenario_check_bad_file(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[partition]\nalpah = 0.1\n")
+    result = cli.invoke(app, ["scenario", "check", str(bad), "--no-registry"])
+    assert_user_error(result, "partition.alpah", "did you mean 'alpha'")
+
+
+def test_scenario_check_missing_file(cli, tmp_path):
+    result = cli.invoke(app, ["scenario", "check", str(tmp_path / "nope.toml")])
+    assert_user_error(result, "scenario file not found", "nope.toml")
+
+
+def test_scenario_check_unknown_registry_name(cli, fake_runner):
+    result = cli.invoke(app, ["scenario", "check", str(DEMO), "--set", "model=resnet9000"])
+    assert_user_error(result, "model = 'resnet9000'", "unknown model")
+
+
+def test_scenario_check_survives_a_broken_registry(cli, fake_runner):
+    def broken():
+        raise ImportError("fedattr.attacks is not ready")
+    fake_runner.registries = broken
+    result = cli.invoke(app, ["scenario", "check", str(DEMO)])
+    assert result.exit_code == 0
+    assert "names not checked" in result.stderr
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_run_with_fake_runner(cli, fake_runner, tmp_path):
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(DEMO), "--set", "seeds=[0,1]", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    name, scenario, out_dir, scenario_path = fake_runner.calls[0]
+    assert name == "run_scenario" and scenario.seeds == [0, 1] and Path(out_dir) == out
+    assert Path(scenario_path) == DEMO
+    assert (out / "report.md").exists() and (out / "plots" / "accuracy.png").exists()
+    assert "starting [fake]" in result.stderr  # log events go through the progress console
+    for needle in ["honest", "attack", "shapley", "paired infl.", "report:", "start-up"]:
+        assert needle in result.stdout, needle
+
+
+def test_run_json_and_no_report(cli, fake_runner, tmp_path):
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["run", str(DEMO), "--out", str(out), "--json", "--no-report"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["results_dir"] == str(out) and data["report"] is None
+    assert data["summary"]["arms"] == ["honest", "attack"]
+    assert data["summary"]["attacker"]["attack"]["loo"]["0"]["paired_inflation"]["n"] == 2
+    assert not (out / "report.md").exists()
+
+
+def test_run_bad_override_exits_2_before_running(cli, fake_runner):
+    result = cli.invoke(app, ["run", str(DEMO), "--set", "num_clients=1"])
+    assert_user_error(result, "num_clients = 1")
+    assert fake_runner.calls == []
+
+
+def test_run_user_error_from_the_runner(cli, fake_runner):
+    def failing(*args, **kwargs):
+        raise UserError("dataset svhn is not downloaded; set data.data_dir")
+    fake_runner.run_scenario = failing
+    result = cli.invoke(app, ["run", str(DEMO)])
+    assert_user_error(result, "dataset svhn is not downloaded")
+
+
+def test_run_message_with_rich_markup_is_printed_verbatim(cli, fake_runner):
+    def failing(*args, **kwargs):
+        raise UserError("bad value [red] in arms[0]")
+    fake_runner.run_scenario = failing
+    result = cli.invoke(app, ["run", str(DEMO)])
+    assert_user_error(result, "bad value [red] in arms[0]")
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_with_fake_runner(cli, fake_runner, tmp_path):
+    out = tmp_path / "sw"
+    result = cli.invoke(app, ["sweep", str(DEMO), "--grid", "partition.alpha=0.1,0.5",
+                              "--grid", "attack.synthetic_fraction=0.1,0.25", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    name, scenario, points, out_dir, grid = fake_runner.calls[0]
+    assert name == "run_sweep" and Path(out_dir) == out
+    assert grid == {"partition.alpha": ["0.1", "0.5"],
+                    "attack.synthetic_fraction": ["0.1", "0.25"]}
+    assert len(points) == 4
+    assert points[3][0] == {"partition.alpha": "0.5", "attack.synthetic_fraction": "0.25"}
+    assert points[3][1].partition.alpha == 0.5
+    assert points[3][1].arms[1].params["synthetic_fraction"] == 0.25
+    assert (out / "report.md").exists() and (out / "points" / "p000" / "report.md").exists()
+    assert "wall time 30.0 s, start-up 6.0 s (20% of it)" in result.stdout
+    assert "partition.alpha=0.1" in result.stdout
+
+
+def test_sweep_json(cli, fake_runner, tmp_path):
+    result = cli.invoke(app, ["sweep", str(DEMO), "-g", "partition.alpha=0.1,0.5", "--json",
+                              "--out", str(tmp_path / "sw")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["wall_s"] == 30.0 and data["startup_s"] == 6.0
+    assert data["summary"]["kind"] == "sweep" and len(data["summary"]["points"]) == 2
+
+
+def test_sweep_bad_grid_key(cli, fake_runner):
+    result = cli.invoke(app, ["sweep", str(DEMO), "--grid", "partition.alpah=0.1,0.5"])
+    assert_user_error(result, "partition.alpah", "unknown key")
+    assert fake_runner.calls == []
+
+
+def test_sweep_bad_grid_syntax(cli, fake_runner):
+    result = cli.invoke(app, ["sweep", str(DEMO), "--grid", "partition.alpha"])
+    assert_user_error(result, "expected key=v1,v2")
+
+
+def test_sweep_needs_a_grid(cli, fake_runner):
+    result = cli.invoke(app, ["sweep", str(DEMO)])
+    assert result.exit_code == 2 and "--grid" in result.output
+
+
+# --------------------------------------------------------------------------- report, list, generator
+
+
+def test_report_command(cli, tmp_path):
+    root = shutil.copytree(SMALL / "run", tmp_path / "run")
+    result = cli.invoke(app, ["report", str(root)])
+    assert result.exit_code == 0, result.output
+    assert (root / "report.md").exists() and (root / "report.html").exists()
+    assert "report:" in result.stdout and "attack" in result.stdout
+
+
+def test_report_command_json_on_a_sweep(cli, tmp_path):
+    root = shutil.copytree(SMALL / "sweep", tmp_path / "sweep")
+    result = cli.invoke(app, ["report", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["summary"]["kind"] == "sweep" and data["report"].endswith("report.md")
+
+
+def test_report_on_a_missing_directory(cli, tmp_path):
+    assert_user_error(cli.invoke(app, ["report", str(tmp_path / "nothing")]), "not found")
+
+
+def test_report_on_a_directory_without_results(cli, tmp_path):
+    assert_user_error(cli.invoke(app, ["report", str(tmp_path)]), "scenario.json")
+
+
+def test_list_json(cli, fake_runner):
+    result = cli.invoke(app, ["list", "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == REGISTRIES
+
+
+def test_list_table(cli, fake_runner):
+    result = cli.invoke(app, ["list"])
+    assert result.exit_code == 0 and "vgg11" in result.stdout and "aggregators" in result.stdout
+
+
+def test_train_generator(cli, fake_runner):
+    result = cli.invoke(app, ["train-generator", str(DEMO), "--source", "local",
+                              "--partition-id", "3", "--force", "--json"])
+    assert result.exit_code == 0, result.output
+    name, scenario, source, pid, force = fake_runner.calls[0]
+    assert (name, source, pid, force) == ("train_generator", "local", 3, True)
+    assert scenario == load_scenario(DEMO)
+    assert json.loads(result.stdout)["source"] == "local"
+
+
+def test_train_generator_defaults_and_table(cli, fake_runner):
+    result = cli.invoke(app, ["train-generator", str(DEMO)])
+    assert result.exit_code == 0, result.output
+    assert fake_runner.calls[0][2:] == ("public", None, False)
+    assert "/cache/vae.pt" in result.stdout
+
+
+def test_train_generator_bad_source(cli, fake_runner):
+    result = cli.invoke(app, ["train-generator", str(DEMO), "--source", "web"])
+    assert result.exit_code == 2 and fake_runner.calls == []

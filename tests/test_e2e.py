@@ -1,0 +1,99 @@
+"""End to end through Flower's simulation runtime (slow: each `flwr run` costs ~30-40 s here)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedattr.results import read_json, read_jsonl
+from fedattr.runner import FLWR_ENV, project_root, run_scenario, simulation_superlink
+from fedattr.scenario import scenario_from_dict
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny", "seeds": [0], "num_clients": 3, "attacker_ids": [0], "rounds": 2, "model": "cnn",
+    "data": {"dataset": "mnist5k", "val_size": 200, "test_size": 200, "aux_size": 300, "pool_size": 600},
+    "partition": {"kind": "dirichlet", "alpha": 0.5, "min_partition_size": 20},
+    "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05},
+    "attribution": {"evaluators": [{"name": "individual"}, {"name": "loo"}, {"name": "shapley"}]},
+}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _values(rounds):
+    """Everything but wall-clock timings."""
+    return [{k: v for k, v in r.items() if k != "timings"} for r in rounds]
+
+
+@pytest.fixture(scope="module")
+def attack_run(tmp_path_factory):
+    spec = dict(TINY, arms=[
+        {"name": "honest", "attack": "honest"},
+        {"name": "attack", "attack": "scaling", "params": {"factor": 3.0}},
+    ])
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    events = []
+    results = run_scenario(scenario_from_dict(spec), out_dir=out, progress=events.append)
+    return results, events
+
+
+def test_run_writes_every_result_file(attack_run):
+    results, events = attack_run
+    assert (results / "scenario.json").exists() and (results / "plan.json").exists()
+    env = read_json(results / "environment.json")
+    assert env["packages"]["flwr"] == "1.42.0" and env["seeds"] == [0] and env["wall_s"] > 0
+    for arm in ("honest", "attack"):
+        job = results / "jobs" / f"{arm}__s0"
+        rounds = read_jsonl(job / "rounds.jsonl")
+        assert [r["round"] for r in rounds] == [1, 2]
+        for r in rounds:
+            assert r["arm"] == arm and r["clients"] == [0, 1, 2] and r["rejected"] == []
+            assert 0.0 <= r["test"]["accuracy"] <= 1.0 and r["test"]["loss"] > 0
+            assert set(r["values"]) == {"individual", "loo", "shapley"}
+            assert set(r["values"]["shapley"]) == {"0", "1", "2"}
+            assert r["utility_evaluations"]["shapley"] == 8 and r["utility_evaluations"]["loo"] == 4
+            assert r["utility_evaluations"]["unique"] == 8  # the shared cache: union, not sum
+            assert sum(r["label_histograms"]["1"]) == r["num_examples"]["1"]
+            assert r["roles"] == {"0": "attacker", "1": "benign", "2": "benign"}
+        summary = read_json(job / "summary.json")
+        assert summary["final_test"]["accuracy"] == pytest.approx(rounds[-1]["test"]["accuracy"])
+        cum = sum(r["values"]["shapley"]["1"] for r in rounds)
+        assert summary["cumulative"]["shapley"]["1"] == pytest.approx(cum)
+    attack_rounds = read_jsonl(results / "jobs" / "attack__s0" / "rounds.jsonl")
+    assert all("0" in r["counterfactual_values"]["shapley"] for r in attack_rounds)
+    assert any(e["event"] == "round" for e in events)
+    pid = int((results / "logs" / "flwr_home" / "superlink.pid").read_text())
+    assert not _alive(pid)
+
+
+def test_same_seed_gives_identical_rounds_via_plain_flwr_run(attack_run, tmp_path):
+    """`flwr run .` as the README shows it: run-config keys instead of a plan; same numbers."""
+    results, _ = attack_run
+    out = tmp_path / "plain"
+    overrides = ("name='tiny'; num_clients=3; attacker_ids=[0]; rounds=2; "
+                 "data.val_size=200; data.test_size=200; data.aux_size=300; data.pool_size=600; "
+                 "partition.min_partition_size=20; "
+                 "attribution.evaluators=[{name='individual'},{name='loo'},{name='shapley'}]; "
+                 "arms=[{name='honest',attack='honest'}]")
+    with simulation_superlink(tmp_path / "flwr_home", tmp_path / "superlink.log") as (conn, env):
+        cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(project_root()), conn,
+               "--run-config", f'set="{overrides}" out-dir="{out}"',
+               "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    plain = read_jsonl(out / "jobs" / "honest__s0" / "rounds.jsonl")
+    first = read_jsonl(results / "jobs" / "honest__s0" / "rounds.jsonl")
+    assert len(plain) == 2
+    assert json.dumps(_values(plain), sort_keys=True) == json.dumps(_values(first), sort_keys=True)
+    assert FLWR_ENV["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
