@@ -58,6 +58,7 @@ def attacker_train(msg: Message, job: Job, partition_id: int, server_round: int)
         num_classes=splits.num_classes, channels=splits.channels, side=splits.side,
         server_round=server_round,
         seed=job.client_seed(server_round, partition_id),
+        run_seed=job.seed,
         device=resolve_device(job.spec["device"]),
         train=dict(epochs=job.spec["train"]["local_epochs"], **{
             k: job.spec["train"][k] for k in ("batch_size", "lr", "momentum", "weight_decay")
