@@ -74,7 +74,8 @@ def attacker_train(msg: Message, job: Job, partition_id: int, server_round: int)
     )
     hist = label_histogram(y, splits.num_classes)
     content = make_reply(msg, out.state_dict, out.num_examples, out.train_loss, partition_id, "attacker", hist)
-    if attack_spec["counterfactual"] and out.honest_state_dict is not None:
+    # An honest arm's counterfactual is its own update: nothing to score twice.
+    if attack_spec["counterfactual"] and attack_spec["name"] != "honest" and out.honest_state_dict is not None:
         content[COUNTERFACTUAL_KEY] = ArrayRecord(out.honest_state_dict)
         content[ATTACK_METRICS_KEY] = ConfigRecord(
             {"attack": attack_spec["name"], **{k: float(v) for k, v in out.metrics.items()}}

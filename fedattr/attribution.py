@@ -64,17 +64,15 @@ class RoundScorer:
         for name, params in self.evaluators:
             make_evaluator(name, **params)
 
-    def _game(self, base: torch.Tensor, states: dict[int, dict], weights: dict[int, float]) -> RoundGame:
+    def _game(self, global_state: dict, states: dict[int, dict], weights: dict[int, float]) -> RoundGame:
         pids = sorted(states)
-        layout = self.utility.layout
-        updates = torch.stack([layout.flatten(states[p]) - base for p in pids])
-        return RoundGame(self.utility, base, updates, weights=[weights[p] for p in pids], players=pids)
+        return RoundGame.from_state_dicts(self.utility, global_state, [states[p] for p in pids],
+                                          weights=[weights[p] for p in pids], players=pids)
 
     def score(self, server_round: int, global_state: dict, states: dict[int, dict], weights: dict[int, float],
               counterfactuals: dict[int, dict] | None = None) -> RoundAttribution:
         """Score one round; ``counterfactuals`` maps attacker ids to their honest states."""
-        base = self.utility.layout.flatten(global_state)
-        game = self._game(base, states, weights)
+        game = self._game(global_state, states, weights)
         values: dict[str, dict[int, float]] = {}
         evaluations: dict[str, int] = {}
         seconds: dict[str, float] = {}
@@ -92,10 +90,17 @@ class RoundScorer:
         for pid, honest_state in (counterfactuals or {}).items():
             if pid not in states:
                 continue
+            if all(torch.equal(honest_state[k], states[pid][k]) for k in honest_state):
+                # Before its start round (or in a no-op arm) the attacker sent its honest update.
+                for name in values:
+                    cf_values[name][int(pid)] = values[name][int(pid)]
+                continue
             alt = dict(states)
             alt[pid] = honest_state
-            cf_game = self._game(base, alt, weights)
-            cf_game.cache.seed_from(game.cache, exclude_player=game.players.index(pid))
+            cf_game = self._game(global_state, alt, weights)
+            # Coalitions without the attacker are the same models in both games: reuse their values.
+            bit = 1 << list(game.players).index(pid)
+            cf_game.cache.prefill((m, v) for m, v in game.cache.items() if not m & bit)
             for name, params in self.evaluators:
                 ev = make_evaluator(name, **params).fit(cf_game, seed=self.seed * 7919 + server_round)
                 cf_values[name][int(pid)] = float(ev.values_[list(cf_game.players).index(pid)])

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,9 @@ from fedattr.plan import default_cache_dir, default_results_dir, scenario_jobs, 
 from fedattr.results import atomic_write_json, read_json, read_jsonl
 
 Progress = Callable[[dict[str, Any]], None]
+
+#: environment variable that marks every process a launch starts (see simulation_superlink)
+RUN_TAG = "FEDATTR_RUN_TAG"
 
 FLWR_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -60,7 +64,11 @@ def simulation_superlink(flwr_home: Path, log_path: Path) -> Iterator[tuple[str,
     """Start a simulation SuperLink on free loopback ports; yield (connection name, env); end it by PID."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {**os.environ, **FLWR_ENV, "FLWR_HOME": str(flwr_home)}
+    tag = uuid.uuid4().hex
+    # Flower starts SuperExec and the simulation in sessions of their own; every descendant
+    # inherits this tag, which is how they are all found and ended afterwards.
+    env = {**os.environ, **FLWR_ENV, "FLWR_HOME": str(flwr_home), RUN_TAG: tag,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "fedattr"\n\n[superlink.fedattr]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
@@ -81,10 +89,43 @@ def simulation_superlink(flwr_home: Path, log_path: Path) -> Iterator[tuple[str,
                 time.sleep(0.3)
         else:
             raise UserError(f"flower-superlink did not open 127.0.0.1:{port} within 60 s; see {log_path}")
+        (flwr_home / "run.tag").write_text(tag + "\n")
         yield "fedattr", env
     finally:
         _end_process_group(proc)
+        end_tagged_processes(tag)
         log_fh.close()
+
+
+def _tagged_pids(tag: str) -> list[int]:
+    needle = f"{RUN_TAG}={tag}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def end_tagged_processes(tag: str, grace_s: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL, every process carrying this run's tag; return the PIDs found."""
+    if not Path("/proc").is_dir():
+        return []
+    found = _tagged_pids(tag)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _tagged_pids(tag):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _tagged_pids(tag):
+            time.sleep(0.2)
+    return found
 
 
 def _end_process_group(proc: subprocess.Popen) -> None:
@@ -142,7 +183,9 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
     if not todo:
         _emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
         return {"wall_s": 0.0, "startup_s": 0.0}
-    fed_cfg = (f"num-supernodes={num_clients} client-resources-num-cpus={runtime.client_cpus} "
+    # Flower wants whole CPUs as an integer; GPUs may be fractional.
+    cpus = int(runtime.client_cpus) if float(runtime.client_cpus).is_integer() else runtime.client_cpus
+    fed_cfg = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus} "
                f"client-resources-num-gpus={runtime.client_gpus}")
     first_round_at: float | None = None
     with simulation_superlink(work_dir / "flwr_home", work_dir / "superlink.log") as (conn, env):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedattr.results import read_json, read_jsonl
-from fedattr.runner import FLWR_ENV, project_root, run_scenario, simulation_superlink
+from fedattr.runner import FLWR_ENV, _tagged_pids, project_root, run_scenario, simulation_superlink
 from fedattr.scenario import scenario_from_dict
 
 pytestmark = pytest.mark.slow
@@ -31,9 +31,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _values(rounds):
+def _values(obj):
     """Everything but wall-clock timings."""
-    return [{k: v for k, v in r.items() if k != "timings"} for r in rounds]
+    if isinstance(obj, list):
+        return [_values(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _values(v) for k, v in obj.items() if k != "timings" and not k.endswith("seconds")}
+    return obj
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +79,8 @@ def test_run_writes_every_result_file(attack_run):
     assert any(e["event"] == "round" for e in events)
     pid = int((results / "logs" / "flwr_home" / "superlink.pid").read_text())
     assert not _alive(pid)
+    tag = (results / "logs" / "flwr_home" / "run.tag").read_text().strip()
+    assert _tagged_pids(tag) == []  # no SuperLink, SuperExec, simulation or Ray process left
 
 
 def test_same_seed_gives_identical_rounds_via_plain_flwr_run(attack_run, tmp_path):
