@@ -98,17 +98,31 @@ def simulation_superlink(flwr_home: Path, log_path: Path) -> Iterator[tuple[str,
 
 
 def _tagged_pids(tag: str) -> list[int]:
+    """Processes carrying the tag in their environment, and all their descendants.
+
+    Descendants count too because some (Ray's agents) are started with a fresh environment.
+    """
     needle = f"{RUN_TAG}={tag}".encode()
-    pids = []
+    tagged, parent = set(), {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        pid = int(entry.name)
         try:
+            stat = (entry / "stat").read_text()
+            parent[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
             if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
+                tagged.add(pid)
+        except (OSError, ValueError, IndexError):
             continue
-    return pids
+    family, grew = set(tagged), True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return sorted(family)
 
 
 def end_tagged_processes(tag: str, grace_s: float = 5.0) -> list[int]:
@@ -187,6 +201,21 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
     cpus = int(runtime.client_cpus) if float(runtime.client_cpus).is_integer() else runtime.client_cpus
     fed_cfg = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus} "
                f"client-resources-num-gpus={runtime.client_gpus}")
+    # SIGTERM/SIGHUP would end this process without running the cleanup below.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _execute(plan_path, jobs, num_clients, fed_cfg, work_dir, flwr_log, t0, progress)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_cfg: str, work_dir: Path,
+             flwr_log: Path, t0: float, progress: Progress | None) -> dict[str, float]:
     first_round_at: float | None = None
     with simulation_superlink(work_dir / "flwr_home", work_dir / "superlink.log") as (conn, env):
         cmd = [_bin("flwr"), "run", str(project_root()), conn, "--run-config", f"plan='{plan_path}'",
@@ -229,8 +258,25 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
         raise UserError(f"the Flower run ended without finishing {len(missing)} job(s) ({missing[:3]}...); "
                         f"full log: {flwr_log}\n--- last lines ---\n{tail}")
     wall = time.perf_counter() - t0
-    startup = (first_round_at - t0) if first_round_at is not None else wall
-    return {"wall_s": wall, "startup_s": startup}
+    return {"wall_s": wall, "startup_s": _startup_seconds(jobs, first_round_at, t0, wall)}
+
+
+def _startup_seconds(jobs: list[dict[str, Any]], first_round_at: float | None, t0: float, wall: float) -> float:
+    """Launch-to-first-round time minus the first round's own work.
+
+    Flower starts the SuperLink, the simulation, Ray and the ClientApp actors before (and
+    during) the first round; what the first round took beyond a typical round is start-up.
+    """
+    if first_round_at is None:
+        return wall
+    rounds = read_jsonl(Path(jobs[0]["dir"]) / "rounds.jsonl")
+    if not rounds:
+        return first_round_at - t0
+    first = rounds[0].get("timings", {})
+    later = sorted(r.get("timings", {}).get("train_s", 0.0) for r in rounds[1:]) or [0.0]
+    own_work = first.get("attribution_s", 0.0) + first.get("aggregate_s", 0.0) + later[len(later) // 2]
+    return max(0.0, first_round_at - t0 - own_work)
+
 
 
 def _finish_environment(results_dir: Path, env: dict[str, Any], timings: dict[str, float], started: str) -> None:

@@ -1,0 +1,322 @@
+"""Validation utility of many parameter sets of one model architecture."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .layout import StateLayout
+
+__all__ = ["METRICS", "ENGINES", "ModelUtility"]
+
+METRICS = ("accuracy", "neg_ce", "balanced_accuracy")
+ENGINES = ("auto", "batched", "loop", "vmap", "naive")
+
+
+def _channels_last_hook(module, inputs, output):
+    # PyTorch's CPU max-pool/ReLU kernels are several times faster on channels_last tensors
+    # than on NCHW ones, and a conv with one input channel never picks channels_last by
+    # itself; the layout changes strides only, never values' meaning.
+    if isinstance(output, torch.Tensor) and output.dim() == 4:
+        return output.contiguous(memory_format=torch.channels_last)
+    return output
+
+
+class ModelUtility:
+    """Utility on a fixed validation set of models given as flat floating-point state vectors.
+
+    A parameter set is a vector over the model's floating-point ``state_dict`` entries in
+    ``state_dict`` order (see :class:`StateLayout`): parameters and floating-point buffers such
+    as BatchNorm running statistics. Integer buffers come from ``model``. Models are evaluated in
+    ``eval()`` mode; ``model`` itself is copied and never modified.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Architecture template; its integer buffers are used as is.
+    x_val, y_val : Tensor or array
+        Validation inputs (already shaped for ``model``) and integer labels.
+    metric : {"accuracy", "neg_ce", "balanced_accuracy"}
+        Accuracy; negative mean cross-entropy; or mean per-class recall over the classes
+        present in the (subset of the) validation labels.
+    num_classes : int, optional
+        Number of model outputs; inferred from one forward pass when omitted.
+    val_subset : int, optional
+        Evaluate on a fixed random subset of this many validation examples.
+    subset_seed : int
+        Seed of that subset.
+    engine : {"auto", "batched", "loop", "vmap", "naive"}
+        ``naive``: per parameter set, ``load_state_dict`` into a model copy and one forward over
+        the whole validation set (the reference). ``loop``: ``torch.func.functional_call`` on
+        views of the flat vector, no state-dict copies, validation data in batches of
+        ``batch_size``. ``vmap``: ``functional_call`` vectorised with ``torch.func.vmap`` over
+        chunks of parameter sets. ``auto``/``batched``: ``vmap`` on CUDA, ``loop`` elsewhere
+        (on CPU ``vmap`` over stacked models is slower than a loop).
+    device : str or torch.device
+        Where models run; validation data is moved there once.
+    batch_size : int
+        Validation examples per forward pass in the ``loop`` and ``vmap`` engines.
+    max_memory_bytes : int
+        Bound on the memory of one chunk of parameter sets (and, for ``vmap``, their
+        activations); longer batches of parameter sets are processed chunk by chunk.
+    channels_last : {"auto", True, False}
+        Make convolution outputs channels_last in the ``loop`` engine; ``auto`` does it on CPU
+        for models containing ``nn.Conv2d``.
+    num_threads : int, optional
+        torch intra-op threads while evaluating (restored afterwards); None leaves torch's
+        setting. When other processes share the cores, 1 thread can be several times faster
+        than oversubscribed threads waiting on each other.
+
+    Attributes
+    ----------
+    layout : StateLayout
+        Flat-vector layout of the model's floating-point state.
+    strategy_ : str
+        The engine actually used: ``"loop"``, ``"vmap"`` or ``"naive"``.
+    n_val_ : int
+        Number of validation examples used.
+    num_classes_ : int
+    classes_present_ : Tensor
+        Labels present in the validation set used (the classes ``balanced_accuracy`` averages).
+    max_coalitions_per_call_ : int
+        Parameter sets evaluated together under ``max_memory_bytes``.
+    n_calls_, n_models_, seconds_ : int, int, float
+        Calls made, parameter sets evaluated and seconds spent so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x_val,
+        y_val,
+        metric: str = "accuracy",
+        num_classes: int | None = None,
+        val_subset: int | None = None,
+        subset_seed: int = 0,
+        engine: str = "auto",
+        device: str | torch.device = "cpu",
+        batch_size: int = 250,
+        max_memory_bytes: int = 1 << 30,
+        channels_last: bool | str = "auto",
+        num_threads: int | None = None,
+    ):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.metric = metric
+        self.num_classes = num_classes
+        self.val_subset = val_subset
+        self.subset_seed = subset_seed
+        self.engine = engine
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.max_memory_bytes = int(max_memory_bytes)
+        self.channels_last = channels_last
+        self.num_threads = num_threads
+
+        self.layout = StateLayout.from_module(model)
+        self._template_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._model = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
+        self._naive_model: nn.Module | None = None
+
+        if engine in ("auto", "batched"):
+            self.strategy_ = "vmap" if self.device.type == "cuda" else "loop"
+        else:
+            self.strategy_ = engine
+
+        self._setup_data(x_val, y_val)
+        self._input_dtype = next(
+            (t.dtype for t in self._template_state.values() if torch.is_floating_point(t)), torch.float32
+        )
+        self._x = self._x.to(self._input_dtype) if torch.is_floating_point(self._x) else self._x
+
+        act_bytes = self._probe()
+        use_cl = (channels_last is True) or (
+            channels_last == "auto"
+            and self.device.type == "cpu"
+            and any(isinstance(m, nn.Conv2d) for m in self._model.modules())
+        )
+        self.channels_last_ = bool(use_cl and self.strategy_ == "loop")
+        self._hook_ids: set[int] = set()
+        if self.channels_last_:
+            for m in self._model.modules():
+                if isinstance(m, nn.Conv2d):
+                    self._hook_ids.add(m.register_forward_hook(_channels_last_hook).id)
+
+        item = torch.empty(0, dtype=self.layout.dtype).element_size()
+        per_model = max(1, self.layout.size * item)
+        if self.strategy_ == "vmap":
+            # Activations of every model in the chunk are alive together; 2x covers the
+            # temporaries of the widest layer.
+            per_model += 2 * act_bytes * min(self.batch_size, self.n_val_)
+        self.max_coalitions_per_call_ = max(1, self.max_memory_bytes // per_model)
+
+        self.n_calls_ = 0
+        self.n_models_ = 0
+        self.seconds_ = 0.0
+
+    # setup -------------------------------------------------------------------------------------
+    def _setup_data(self, x_val, y_val) -> None:
+        x = torch.as_tensor(x_val)
+        y = torch.as_tensor(y_val).long().reshape(-1)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x_val has {x.shape[0]} rows but y_val has {y.shape[0]}")
+        if self.val_subset is not None and self.val_subset < x.shape[0]:
+            g = torch.Generator().manual_seed(int(self.subset_seed))
+            idx = torch.randperm(x.shape[0], generator=g)[: int(self.val_subset)].sort().values
+            x, y = x[idx], y[idx]
+        if x.shape[0] == 0:
+            raise ValueError("empty validation set")
+        self._x = x.to(self.device)
+        self._y = y.to(self.device)
+        self.n_val_ = int(y.shape[0])
+        self.classes_present_ = torch.unique(y).cpu()
+
+    @torch.no_grad()
+    def _probe(self) -> int:
+        """Infer the number of classes and activation bytes per example from a 2-example forward."""
+        sizes: list[int] = []
+
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                sizes.append(output.numel() * output.element_size())
+
+        handles = [m.register_forward_hook(hook) for m in self._model.modules()]
+        try:
+            k = min(2, self.n_val_)
+            out = self._model(self._x[:k])
+        finally:
+            for h in handles:
+                h.remove()
+        if out.dim() != 2:
+            raise ValueError(f"model must return logits [batch, classes], got shape {tuple(out.shape)}")
+        inferred = int(out.shape[1])
+        if self.num_classes is not None and self.num_classes != inferred:
+            raise ValueError(f"num_classes={self.num_classes} but the model outputs {inferred} logits")
+        self.num_classes_ = inferred
+        if int(self.classes_present_.max()) >= inferred or int(self.classes_present_.min()) < 0:
+            raise ValueError("validation labels outside [0, num_classes)")
+        self._class_counts = torch.bincount(self._y, minlength=inferred).to(torch.float64)
+        self._present = self._class_counts > 0
+        # Labels one-hot once: per-class correct counts of K models are then one matmul.
+        self._onehot = F.one_hot(self._y, inferred).to(torch.float32)
+        return max(1, sum(sizes) // k)
+
+    # evaluation --------------------------------------------------------------------------------
+    def __call__(self, params: torch.Tensor) -> np.ndarray:
+        """Utilities of a ``[K, P]`` batch (or one ``[P]`` vector) of parameter sets, as float64 ``[K]``."""
+        params = torch.as_tensor(params)
+        if params.dim() == 1:
+            params = params[None]
+        if params.dim() != 2 or params.shape[1] != self.layout.size:
+            raise ValueError(f"expected parameter sets of shape [K, {self.layout.size}], got {tuple(params.shape)}")
+        t0 = time.perf_counter()
+        params = params.to(self.device, self.layout.dtype)
+        out = np.empty(params.shape[0], dtype=np.float64)
+        step = self.max_coalitions_per_call_
+        threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            with torch.no_grad():
+                for start in range(0, params.shape[0], step):
+                    chunk = params[start:start + step]
+                    if self.strategy_ == "naive":
+                        stats = self._naive(chunk)
+                    elif self.strategy_ == "vmap":
+                        stats = self._vmap(chunk)
+                    else:
+                        stats = self._loop(chunk)
+                    out[start:start + chunk.shape[0]] = self._finish(stats)
+        finally:
+            if self.num_threads is not None:
+                torch.set_num_threads(threads)
+        self.n_calls_ += 1
+        self.n_models_ += params.shape[0]
+        self.seconds_ += time.perf_counter() - t0
+        return out
+
+    evaluate = __call__
+
+    def score_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> float:
+        """Utility of one model given as a state dict."""
+        return float(self(self.layout.flatten(state_dict))[0])
+
+    def _batches(self):
+        for s in range(0, self.n_val_, self.batch_size):
+            e = s + self.batch_size
+            yield self._x[s:e], self._y[s:e], self._onehot[s:e]
+
+    def _stats(self, logits: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Summed statistics ``[K, S]`` of ``[K, B, C]`` logits: correct count, CE, per-class correct."""
+        k, b, c = logits.shape
+        if self.metric == "neg_ce":
+            ce = F.cross_entropy(logits.reshape(k * b, c).float(), y.repeat(k), reduction="none")
+            return ce.view(k, b).sum(1, dtype=torch.float64)[:, None]
+        correct = logits.argmax(-1) == y[None]
+        if self.metric == "accuracy":
+            return correct.sum(1, dtype=torch.float64)[:, None]
+        return (correct.to(torch.float32) @ onehot).to(torch.float64)
+
+    def _finish(self, stats: torch.Tensor) -> np.ndarray:
+        stats = stats.cpu()
+        if self.metric == "accuracy":
+            return (stats[:, 0] / self.n_val_).numpy()
+        if self.metric == "neg_ce":
+            return (-stats[:, 0] / self.n_val_).numpy()
+        present = self._present.cpu()
+        recall = stats[:, present] / self._class_counts.cpu()[present]
+        return recall.mean(1).numpy()
+
+    def _loop(self, flats: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for k in range(flats.shape[0]):
+            params = self.layout.unflatten(flats[k])
+            acc = None
+            for xb, yb, ob in self._batches():
+                s = self._stats(functional_call(self._model, params, (xb,))[None], yb, ob)
+                acc = s if acc is None else acc + s
+            rows.append(acc)
+        return torch.cat(rows)
+
+    def _vmap(self, flats: torch.Tensor) -> torch.Tensor:
+        params = self.layout.unflatten_batch(flats)
+
+        def forward(p, xb):
+            return functional_call(self._model, p, (xb,))
+
+        batched = torch.func.vmap(forward, in_dims=(0, None))
+        acc = None
+        for xb, yb, ob in self._batches():
+            s = self._stats(batched(params, xb), yb, ob)
+            acc = s if acc is None else acc + s
+        return acc
+
+    def _naive(self, flats: torch.Tensor) -> torch.Tensor:
+        if self._naive_model is None:
+            self._naive_model = copy.deepcopy(self._model)
+            # The reference path must not inherit the loop engine's layout hooks.
+            for m in self._naive_model.modules():
+                for hook_id in self._hook_ids:
+                    m._forward_hooks.pop(hook_id, None)
+        rows = []
+        for k in range(flats.shape[0]):
+            self._naive_model.load_state_dict(self.layout.to_state_dict(flats[k], self._template_state))
+            rows.append(self._stats(self._naive_model(self._x)[None], self._y, self._onehot))
+        return torch.cat(rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelUtility(metric={self.metric!r}, strategy={self.strategy_!r}, n_val={self.n_val_}, "
+            f"P={self.layout.size}, device={str(self.device)!r})"
+        )
