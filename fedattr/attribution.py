@@ -49,17 +49,21 @@ class RoundScorer:
         ``auto``, ``batched`` or ``naive`` coalition evaluation.
     device : str
         Where coalition models are evaluated.
+    num_threads : int or None
+        CPU threads used while evaluating coalitions (None = torch's default).
     seed : int
         Seed of the Monte-Carlo evaluators (combined with the round number).
     """
 
     def __init__(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, evaluators: list[tuple[str, dict]],
                  *, utility: str = "accuracy", val_subset: int | None = None, engine: str = "auto",
-                 device: str | torch.device = "cpu", seed: int = 0, num_classes: int | None = None):
+                 device: str | torch.device = "cpu", seed: int = 0, num_classes: int | None = None,
+                 num_threads: int | None = None):
         self.evaluators = [(name, dict(params)) for name, params in evaluators]
         self.seed = seed
         self.utility = ModelUtility(model, x_val, y_val, metric=utility, num_classes=num_classes,
-                                    val_subset=val_subset, subset_seed=seed, engine=engine, device=device)
+                                    val_subset=val_subset, subset_seed=seed, engine=engine, device=device,
+                                    num_threads=num_threads)
         # Fail at construction, not in round 1, on a bad evaluator name or parameter.
         for name, params in self.evaluators:
             make_evaluator(name, **params)

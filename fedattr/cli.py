@@ -247,6 +247,10 @@ def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: J
         _print_json({"results_dir": str(results_dir),
                      "report": str(report_path) if report_path else None, "summary": summary})
         return
+    from fedattr.report import client_rows
+
+    headers, rows = client_rows(results_dir)
+    _out().print(_rows_table("cumulative attribution per client (mean over seeds; * = attacker)", headers, rows))
     _print_summary(summary)
     con = _out()
     con.print(f"results: {escape(str(results_dir))}")

@@ -468,6 +468,28 @@ def summary_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
 # --------------------------------------------------------------------------- plots
 
 
+def client_rows(results_dir: str | Path) -> tuple[list[str], list[list[str]]]:
+    """Per client: examples, then each arm's cumulative value per evaluator (mean over seeds).
+
+    ``*`` marks attackers. This is the per-client attribution table ``fedattr run`` prints.
+    """
+    res = load_results(results_dir)
+    headers = ["client", "examples"] + [f"{arm} {ev}" for arm in res.arms for ev in res.evaluators]
+    first = next(iter(res.jobs.values()), None)
+    hists = first.label_histograms() if first else {}
+    rows = []
+    for pid in res.clients():
+        mark = "*" if pid in res.attacker_ids else ""
+        row = [f"{pid}{mark}", str(int(sum(hists.get(pid, [])))) if pid in hists else "—"]
+        for arm in res.arms:
+            for ev in res.evaluators:
+                vals = [job.cumulative(ev).get(pid, math.nan) for job in res.runs(arm)]
+                ci = mean_ci(vals)
+                row.append("—" if not math.isfinite(ci.mean) else f"{ci.mean:+.4f}")
+        rows.append(row)
+    return headers, rows
+
+
 def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.0)):
     """A pyplot-free figure (no global backend state) and its axes array."""
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")

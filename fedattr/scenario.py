@@ -156,6 +156,8 @@ class AttributionSpec(_Spec):
     engine: Literal["auto", "batched", "naive"] = Field(
         "auto", description="how coalition utilities are computed: batched (vectorised), naive "
                             "(one model per coalition), auto (batched when supported)")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for coalition evaluation "
+                                    "(None = torch's default); 1 when several runs share the cores")
     evaluators: list[EvaluatorSpec] = Field(default_factory=_default_evaluators, min_length=1,
                                             description="evaluators run every round; names unique")
 

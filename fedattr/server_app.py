@@ -87,7 +87,7 @@ def run_job(grid: Grid, entry: dict[str, Any], node_wait_s: float) -> dict[str, 
         job.build_model(), splits.x_val, splits.y_val,
         [(e["name"], e.get("params", {})) for e in attribution["evaluators"]],
         utility=attribution["utility"], val_subset=attribution.get("val_subset"), engine=attribution["engine"],
-        device=device, seed=job.seed, num_classes=splits.num_classes,
+        device=device, seed=job.seed, num_classes=splits.num_classes, num_threads=attribution.get("num_threads"),
     )
     eval_model = job.build_model()
 
