@@ -346,6 +346,23 @@ def _paired(res: ScenarioResults, arm: str, ev: str, pid: str) -> MeanCI:
     return mean_ci(diffs)
 
 
+def _paired_accuracy(res: ScenarioResults, arm: str) -> MeanCI:
+    """Final accuracy in ``arm`` minus in the honest arm, per seed."""
+    if res.honest_arm is None or arm == res.honest_arm:
+        return mean_ci([])
+    diffs = [res.jobs[(arm, s)].final_accuracy() - res.jobs[(res.honest_arm, s)].final_accuracy()
+             for s in res.seeds if (arm, s) in res.jobs and (res.honest_arm, s) in res.jobs]
+    return mean_ci(diffs)
+
+
+def _inflation_difference(res: ScenarioResults, a: str, b: str, ev: str, pid: str) -> MeanCI:
+    """Counterfactual inflation in arm ``a`` minus in arm ``b``, per seed."""
+    diffs = [res.jobs[(a, s)].counterfactual_inflation(ev).get(pid, math.nan)
+             - res.jobs[(b, s)].counterfactual_inflation(ev).get(pid, math.nan)
+             for s in res.seeds if (a, s) in res.jobs and (b, s) in res.jobs]
+    return mean_ci(diffs)
+
+
 def _kendall(res: ScenarioResults, arm: str, ev: str) -> MeanCI:
     """Kendall tau of benign clients' cumulative ranking, honest arm vs ``arm``, per seed."""
     if res.honest_arm is None or arm == res.honest_arm:
@@ -732,10 +749,12 @@ def _scenario_markdown(res: ScenarioResults, summary: Mapping[str, Any],
            "`(n=1)` marks a single seed; `—` means not available", ""]
     md += ["## Environment", ""] + _environment_lines(res.environment)
 
-    md += ["## Final test accuracy", ""]
-    md += _table(["arm", "attack", "final accuracy", "seeds"],
+    md += ["## Final test accuracy", "",
+           f"Δ: the arm's final accuracy minus the honest arm's (`{res.honest_arm}`), same seed.", ""]
+    md += _table(["arm", "attack", "final accuracy", "Δ vs honest", "seeds"],
                  [[arm, _arm_attack(res, arm), fmt_ci(_ci_from(summary["final_accuracy"][arm])),
-                   summary["final_accuracy"][arm]["n"]] for arm in res.arms])
+                   fmt_ci(_paired_accuracy(res, arm)), summary["final_accuracy"][arm]["n"]]
+                  for arm in res.arms])
 
     md += ["## Attacker value", "",
            "Cumulative value at the end of the run, its normalised share and rank (1 = highest).",
@@ -764,6 +783,20 @@ def _scenario_markdown(res: ScenarioResults, summary: Mapping[str, Any],
                              fmt_ci(_ci_from(st["paired_inflation"]))])
     md += _table(["attacker", "arm", "evaluator", "counterfactual inflation", "paired inflation"],
                  rows) if rows else ["No attack arm or no attacker.", ""]
+
+    md += ["## Arm against arm", "",
+           "Counterfactual inflation of the row arm minus that of the column arm, paired by seed: "
+           "does the attack beat its controls?", ""]
+    rows = []
+    attack_arms = [a for a in res.arms if _arm_attack(res, a) != HONEST_ATTACK]
+    for pid in res.attacker_ids:
+        for ev in res.evaluators:
+            for a in attack_arms:
+                for b in attack_arms:
+                    if a != b:
+                        rows.append([pid, ev, a, b, fmt_ci(_inflation_difference(res, a, b, ev, pid))])
+    md += _table(["attacker", "evaluator", "arm", "minus arm", "difference"], rows) if rows else \
+        ["Fewer than two attack arms.", ""]
 
     md += ["## Benign ranking change", "",
            "Kendall tau between the benign clients' cumulative-value rankings in the honest arm "

@@ -172,9 +172,11 @@ def test_report_writes_markdown_html_and_plots(run_dir):
 def test_final_accuracy_table(reported):
     md = (reported / "report.md").read_text()
     rows = {r[0]: r for r in table_rows(md, "Final test accuracy")}
+    honest = [summary_of(reported, "honest", s)["final_test"]["accuracy"] for s in SEEDS]
     for arm, attack in [("honest", "honest"), ("attack", "latent")]:
         accs = [summary_of(reported, arm, s)["final_test"]["accuracy"] for s in SEEDS]
-        assert rows[arm] == [arm, attack, expected(accs), "2"]
+        delta = "—" if arm == "honest" else expected([a - h for a, h in zip(accs, honest)])
+        assert rows[arm] == [arm, attack, expected(accs), delta, "2"]
 
 
 def test_attacker_value_table(reported):

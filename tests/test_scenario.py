@@ -42,7 +42,7 @@ def test_every_shipped_scenario_loads_and_round_trips(path):
 def test_demo_scenario_is_the_documented_one():
     sc = load_scenario(ROOT / "scenarios" / "demo.toml")
     assert (sc.data.dataset, sc.num_clients, sc.model, sc.rounds, sc.seeds) == \
-        ("mnist5k", 10, "cnn", 5, [0])
+        ("mnist5k", 10, "cnn", 4, [0])
     assert (sc.partition.kind, sc.partition.alpha) == ("dirichlet", 0.5)
     assert [e.name for e in sc.attribution.evaluators] == ["individual", "loo", "shapley"]
     assert [(a.name, a.attack) for a in sc.arms] == [("honest", "honest"), ("attack", "latent")]
@@ -52,8 +52,10 @@ def test_core_scenario_is_the_issue_measurement():
     sc = load_scenario(ROOT / "scenarios" / "core_mnist5k.toml")
     assert sc.data.dataset == "mnist5k" and sc.num_clients == 10
     assert sc.partition.alpha == 0.1 and len(sc.seeds) == 10
-    assert [a.name for a in sc.arms] == ["honest", "attack", "noise_floor", "random_real",
-                                         "targeted_real"]
+    assert [a.name for a in sc.arms] == ["honest", "attack", "attack_local", "noise_floor",
+                                         "random_real", "targeted_real"]
+    local = next(a for a in sc.arms if a.name == "attack_local")
+    assert local.attack == "latent" and local.params["generator_source"] == "local"
     attack = next(a for a in sc.arms if a.name == "attack")
     assert attack.attack == "latent" and attack.params["synthetic_fraction"] == 0.25
     assert {"individual", "loo"} <= {e.name for e in sc.attribution.evaluators}
@@ -262,8 +264,8 @@ def test_core_scenario_sweeps_the_synthetic_fraction_of_the_injecting_arms():
     sc = load_scenario(ROOT / "scenarios" / "core_mnist5k.toml")
     (_, point), = expand_grid(sc, {"attack.synthetic_fraction": ["0.05"]})
     assert {a.name: a.params.get("synthetic_fraction") for a in point.arms} == {
-        "honest": None, "attack": 0.05, "noise_floor": None, "random_real": 0.05,
-        "targeted_real": 0.05}
+        "honest": None, "attack": 0.05, "attack_local": 0.05, "noise_floor": None,
+        "random_real": 0.05, "targeted_real": 0.05}
 
 
 def test_attack_prefix_needs_a_non_honest_arm(tmp_path):
