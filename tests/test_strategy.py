@@ -1,0 +1,172 @@
+"""AttributedFedAvg and the client replies, without a Flower runtime (messages built by hand)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedattr.attribution import RoundScorer
+from fedattr.client_app import benign_train, make_reply
+from fedattr.models import build_model
+from fedattr.strategies import AttributedFedAvg
+from fedattr.strategies.validation import check_train_reply
+from fedattr.task import Job
+from fedattr.training import evaluate
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _reply(state, n, pid, role="benign"):
+    content = RecordDict({
+        "arrays": ArrayRecord(state),
+        "metrics": MetricRecord({"num-examples": n, "train-loss": 0.5}),
+        "client": ConfigRecord({"partition-id": pid, "role": role, "label-histogram": [n] + [0] * 9}),
+    })
+    sent = Message(content=RecordDict(), dst_node_id=100 + pid, message_type="train")
+    return Message(content=content, reply_to=sent)
+
+
+def test_check_train_reply_rejects_what_cannot_be_aggregated():
+    model = build_model("cnn")
+    ref = {k: v.numpy() for k, v in model.state_dict().items()}
+    good = _state(model)
+    assert check_train_reply(_reply(good, 10, 0).content, ref) is None
+    bad = copy.deepcopy(good)
+    bad["classifier.1.weight"][0, 0] = float("nan")
+    assert "non-finite" in check_train_reply(_reply(bad, 10, 0).content, ref)
+    wrong_shape = dict(good, **{"classifier.1.bias": torch.zeros(3)})
+    assert "shape" in check_train_reply(_reply(wrong_shape, 10, 0).content, ref)
+    wrong_dtype = dict(good, **{"classifier.1.bias": good["classifier.1.bias"].double()})
+    assert "dtype" in check_train_reply(_reply(wrong_dtype, 10, 0).content, ref)
+    missing = {k: v for k, v in good.items() if k != "classifier.1.bias"}
+    assert "keys" in check_train_reply(_reply(missing, 10, 0).content, ref)
+    assert "num-examples" in check_train_reply(_reply(good, 0, 0).content, ref)
+
+
+@pytest.fixture()
+def round_setup(splits):
+    torch.manual_seed(0)
+    base = build_model("cnn")
+    w_t = _state(base)
+    states = []
+    for pid in range(3):
+        m = build_model("cnn")
+        m.load_state_dict(w_t)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        states.append(_state(m))
+    return w_t, states
+
+
+def test_aggregate_train_rejects_bad_replies_aggregates_the_rest_and_scores_them(splits, round_setup):
+    w_t, states = round_setup
+    x_val, y_val = splits.x_val[:200], splits.y_val[:200]
+    records = []
+    scorer = RoundScorer(build_model("cnn"), x_val, y_val, [("individual", {}), ("loo", {}), ("shapley", {})])
+    strategy = AttributedFedAvg(scorer, lambda arrays: {"accuracy": 0.5, "loss": 1.0}, records.append,
+                                num_classes=10, job_info={"arm": "honest", "seed": 0},
+                                fraction_evaluate=0.0, min_available_nodes=3)
+    strategy._global = ArrayRecord(w_t)
+    nan_state = copy.deepcopy(states[2])
+    nan_state["features.1.weight"][0] = float("nan")
+    replies = [_reply(states[1], 30, 1), _reply(states[0], 10, 0), _reply(nan_state, 20, 9), _reply(states[2], 20, 2)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    strategy.evaluate(1, arrays)
+    (record,) = records
+    assert record["clients"] == [0, 1, 2]
+    assert [(r["partition_id"], "non-finite" in r["reason"]) for r in record["rejected"]] == [(9, True)]
+    weights = {0: 10, 1: 30, 2: 20}
+    expected = {k: sum(weights[p] * states[p][k] for p in range(3)) / 60 for k in w_t}
+    got = arrays.to_torch_state_dict()
+    for k in w_t:
+        assert torch.allclose(got[k], expected[k], atol=1e-6)
+
+    def acc(state):
+        m = build_model("cnn")
+        m.load_state_dict(state)
+        return evaluate(m, x_val, y_val)["accuracy"]
+
+    def fedavg(pids):
+        tot = sum(weights[p] for p in pids)
+        return {k: w_t[k] + sum(weights[p] * (states[p][k] - w_t[k]) for p in pids) / tot for k in w_t}
+
+    u0, u_all = acc(w_t), acc(fedavg([0, 1, 2]))
+    for p in range(3):
+        assert record["values"]["individual"][p] == pytest.approx(acc(states[p]) - u0, abs=1e-9)
+        rest = [q for q in range(3) if q != p]
+        assert record["values"]["loo"][p] == pytest.approx(u_all - acc(fedavg(rest)), abs=1e-9)
+    assert sum(record["values"]["shapley"].values()) == pytest.approx(u_all - u0, abs=1e-9)
+    assert record["utility_evaluations"] == {"individual": 4, "loo": 4, "shapley": 8, "unique": 8}
+    assert record["test"] == {"accuracy": 0.5, "loss": 1.0}
+    assert strategy.ledger.cumulative["loo"] == record["values"]["loo"]
+
+
+def _tiny_job(attack="scaling", params=None, counterfactual=True):
+    return Job({
+        "job_id": "t/1", "arm": "attack", "seed": 0, "num_clients": 3, "attacker_ids": [0], "rounds": 1,
+        "model": "cnn",
+        "data": {"dataset": "mnist5k", "data_dir": None, "val_size": 200, "test_size": 200, "aux_size": 300,
+                 "pool_size": 600, "split_seed": 0},
+        "partition": {"kind": "iid", "alpha": 0.5, "classes_per_client": 2, "min_partition_size": 10, "seed": None},
+        "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.0, "weight_decay": 0.0},
+        "attack": {"name": attack, "params": {"factor": 3.0} if params is None else params, "start_round": 1,
+                   "counterfactual": counterfactual},
+        "device": "cpu", "cache_dir": "",
+    })
+
+
+def test_attacker_reply_passes_flowers_reply_validation_beside_a_benign_one(tmp_path):
+    from fedattr.attacker_app import COUNTERFACTUAL_KEY, attacker_train
+
+    job = _tiny_job()
+    job.spec["cache_dir"] = str(tmp_path)
+    torch.manual_seed(0)
+    w_t = _state(job.build_model())
+    msg = Message(content=RecordDict({"arrays": ArrayRecord(w_t), "config": ConfigRecord({"job": job.to_json(),
+                                                                                        "server-round": 1})}),
+                  dst_node_id=1, message_type="train")
+    attacker = attacker_train(msg, job, 0, 1)
+    state, n, loss = benign_train(job, 1, 1, msg.content["arrays"])
+    benign = make_reply(msg, state, n, loss, 1, "benign", [0] * 10)
+    # Scaling by 3: the sent update is exactly 3x the counterfactual (honest) update.
+    sent = attacker["arrays"].to_torch_state_dict()
+    honest = attacker[COUNTERFACTUAL_KEY].to_torch_state_dict()
+    k = "classifier.1.weight"
+    assert torch.allclose(sent[k] - w_t[k], 3 * (honest[k] - w_t[k]), atol=1e-6)
+    # What the strategy aggregates (testbed records stripped) passes Flower's own validation.
+    del attacker[COUNTERFACTUAL_KEY]
+    del attacker["testbed.attack"]
+    validate_message_reply_consistency([attacker, benign], "num-examples", check_arrayrecord=True)
+    assert set(attacker["metrics"].keys()) == set(benign["metrics"].keys())
+    ref = {k: v.numpy() for k, v in w_t.items()}
+    assert check_train_reply(attacker, ref) is None
+
+
+def test_honest_arm_sends_no_counterfactual(tmp_path):
+    from fedattr.attacker_app import COUNTERFACTUAL_KEY, attacker_train
+
+    job = _tiny_job("honest", {})
+    job.spec["cache_dir"] = str(tmp_path)
+    w_t = _state(job.build_model())
+    msg = Message(content=RecordDict({"arrays": ArrayRecord(w_t), "config": ConfigRecord({"job": job.to_json(),
+                                                                                        "server-round": 1})}),
+                  dst_node_id=1, message_type="train")
+    reply = attacker_train(msg, job, 0, 1)
+    assert COUNTERFACTUAL_KEY not in reply.array_records
+    state, _, _ = benign_train(job, 0, 1, msg.content["arrays"])
+    got = reply["arrays"].to_torch_state_dict()
+    assert all(torch.equal(got[k], state[k]) for k in state)  # honest attacker == benign client
+    assert np.isclose(reply["metrics"]["num-examples"], len(job.partition(0)[1]))
