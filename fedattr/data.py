@@ -168,7 +168,11 @@ def partition_indices(
     ``labels`` is a tuple so that results can be memoised per process.
     """
     from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
 
     if kind == "iid":
         part = IidPartitioner(num_partitions=num_partitions)

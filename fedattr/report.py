@@ -895,7 +895,7 @@ def _sweep_markdown(summary: Mapping[str, Any], meta: Mapping[str, Any],
     name = first["name"] if first else base.name
     keys = list(summary["grid"])
     md = [f"# fedattr sweep report: {name}", "",
-          f"- grid: " + "; ".join(f"`{k}` ∈ {{{', '.join(map(str, v))}}}"
+          "- grid: " + "; ".join(f"`{k}` ∈ {{{', '.join(map(str, v))}}}"
                                   for k, v in summary["grid"].items()),
           f"- {len(pts)} points; every entry: mean ± 95% confidence half-width (t-distribution) "
           "over seeds; `(n=1)` marks a single seed", ""]

@@ -8,7 +8,6 @@ SuperLink's whole process group (ServerApp, Ray, ClientApp actors) by PID, whate
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
@@ -23,7 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fedattr.errors import UserError
-from fedattr.plan import default_cache_dir, default_results_dir, scenario_jobs, write_plan
+from fedattr.plan import (
+    default_cache_dir,
+    default_results_dir,
+    scenario_jobs,
+    write_plan,
+)
 from fedattr.results import atomic_write_json, read_json, read_jsonl
 
 Progress = Callable[[dict[str, Any]], None]

@@ -14,6 +14,7 @@ Run config keys (``[tool.flwr.app.config]`` in pyproject.toml):
 from __future__ import annotations
 
 import time
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
-from logging import INFO
 
 from fedattr.attribution import RoundScorer
 from fedattr.models import resolve_device

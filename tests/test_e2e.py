@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from fedattr.results import read_json, read_jsonl
-from fedattr.runner import FLWR_ENV, _tagged_pids, project_root, run_scenario, simulation_superlink
+from fedattr.runner import (
+    FLWR_ENV,
+    _tagged_pids,
+    project_root,
+    run_scenario,
+    simulation_superlink,
+)
 from fedattr.scenario import scenario_from_dict
 
 pytestmark = pytest.mark.slow
