@@ -50,7 +50,8 @@ def _values(obj):
 def attack_run(tmp_path_factory):
     spec = dict(TINY, arms=[
         {"name": "honest", "attack": "honest"},
-        {"name": "attack", "attack": "scaling", "params": {"factor": 3.0}},
+        {"name": "attack", "attack": "latent", "params": {
+            "synthetic_fraction": 0.25, "generator_epochs": 2, "teacher_epochs": 2, "steps": 5}},
     ])
     out = tmp_path_factory.mktemp("e2e") / "run"
     events = []
@@ -82,6 +83,8 @@ def test_run_writes_every_result_file(attack_run):
         assert summary["cumulative"]["shapley"]["1"] == pytest.approx(cum)
     attack_rounds = read_jsonl(results / "jobs" / "attack__s0" / "rounds.jsonl")
     assert all("0" in r["counterfactual_values"]["shapley"] for r in attack_rounds)
+    metrics = attack_rounds[-1]["attack_metrics"]["0"]
+    assert metrics["attack"] == "latent" and metrics["synthetic_count"] > 0
     assert any(e["event"] == "round" for e in events)
     pid = int((results / "logs" / "flwr_home" / "superlink.pid").read_text())
     assert not _alive(pid)
