@@ -196,7 +196,13 @@ def partition_indices(
     part.dataset = Dataset.from_dict({"index": list(range(len(labels))), "label": list(labels)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = tuple(np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions))
+        try:
+            out = tuple(np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions))
+        except ValueError as exc:  # DirichletPartitioner gives up after 10 resamples
+            raise UserError(
+                f"dirichlet(alpha={alpha}) could not give each of {num_partitions} clients at least "
+                f"{min_partition_size} examples ({exc}); lower partition.min_partition_size or raise partition.alpha"
+            ) from None
     resamples = sum("resampl" in str(w.message).lower() or "min_partition_size" in str(w.message) for w in caught)
     if resamples:
         # One summary instead of one warning per Dirichlet resample.

@@ -84,3 +84,9 @@ def test_bad_inputs_are_user_errors(splits):
         partition_indices(tuple(splits.y_pool.tolist()), "shards", 4)
     with pytest.raises(UserError):
         partition_indices(tuple(splits.y_pool.tolist()), "dirichlet", 10, 0.5, 2, 1000, 0)
+
+
+def test_dirichlet_that_cannot_meet_the_minimum_is_a_user_error(splits):
+    labels = tuple(splits.y_pool.tolist())
+    with pytest.raises(UserError, match="min_partition_size"):
+        partition_indices(labels, "dirichlet", 10, 0.01, 2, 300, 0)
