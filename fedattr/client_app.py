@@ -68,7 +68,6 @@ def benign_train(job: Job, partition_id: int, server_round: int, arrays: ArrayRe
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training for one round of one job."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     config = msg.content["config"]
     job = Job.from_json(str(config["job"]))
     server_round = int(config["server-round"])

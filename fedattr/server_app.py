@@ -18,7 +18,6 @@ from logging import INFO
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -132,7 +131,6 @@ def run_job(grid: Grid, entry: dict[str, Any], node_wait_s: float) -> dict[str, 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Execute the plan named in the run config (or one built from the scenario keys)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = dict(context.run_config)
     plan = read_plan(cfg["plan"]) if cfg.get("plan") else _plan_from_run_config(cfg)
     if not cfg.get("plan"):
