@@ -74,8 +74,13 @@ class RoundScorer:
                                           weights=[weights[p] for p in pids], players=pids)
 
     def score(self, server_round: int, global_state: dict, states: dict[int, dict], weights: dict[int, float],
-              counterfactuals: dict[int, dict] | None = None) -> RoundAttribution:
-        """Score one round; ``counterfactuals`` maps attacker ids to their honest states."""
+              counterfactuals: dict[int, dict] | None = None,
+              counterfactual_weights: dict[int, float] | None = None) -> RoundAttribution:
+        """Score one round; ``counterfactuals`` maps attacker ids to their honest states.
+
+        ``counterfactual_weights`` are the example counts the honest replies would have reported
+        (they differ from ``weights`` for attacks that over-report); by default the same.
+        """
         game = self._game(global_state, states, weights)
         values: dict[str, dict[int, float]] = {}
         evaluations: dict[str, int] = {}
@@ -94,15 +99,18 @@ class RoundScorer:
         for pid, honest_state in (counterfactuals or {}).items():
             if pid not in states:
                 continue
-            if all(torch.equal(honest_state[k], states[pid][k]) for k in honest_state):
+            same_weight = (counterfactual_weights or {}).get(pid, weights[pid]) == weights[pid]
+            if same_weight and all(torch.equal(honest_state[k], states[pid][k]) for k in honest_state):
                 # Before its start round (or in a no-op arm) the attacker sent its honest update.
                 for name in values:
                     cf_values[name][int(pid)] = values[name][int(pid)]
                 continue
-            alt = dict(states)
+            alt, alt_weights = dict(states), dict(weights)
             alt[pid] = honest_state
-            cf_game = self._game(global_state, alt, weights)
-            # Coalitions without the attacker are the same models in both games: reuse their values.
+            alt_weights[pid] = (counterfactual_weights or {}).get(pid, weights[pid])
+            cf_game = self._game(global_state, alt, alt_weights)
+            # Coalitions without the attacker are the same models in both games (FedAvg weights
+            # are renormalised within a coalition): reuse their values.
             bit = 1 << list(game.players).index(pid)
             cf_game.cache.prefill((m, v) for m, v in game.cache.items() if not m & bit)
             for name, params in self.evaluators:

@@ -170,3 +170,17 @@ def test_honest_arm_sends_no_counterfactual(tmp_path):
     got = reply["arrays"].to_torch_state_dict()
     assert all(torch.equal(got[k], state[k]) for k in state)  # honest attacker == benign client
     assert np.isclose(reply["metrics"]["num-examples"], len(job.partition(0)[1]))
+
+
+def test_counterfactual_uses_the_honest_example_count(splits, round_setup):
+    """Over-reporting: same weights sent, but the honest reply would have reported fewer examples."""
+    w_t, states = round_setup
+    x_val, y_val = splits.x_val[:200], splits.y_val[:200]
+    scorer = RoundScorer(build_model("cnn"), x_val, y_val, [("loo", {})])
+    sd = dict(enumerate(states))
+    over = scorer.score(1, w_t, sd, {0: 50.0, 1: 10.0, 2: 10.0}, {0: states[0]}, {0: 10.0})
+    fair = scorer.score(1, w_t, sd, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert over.counterfactual_values["loo"][0] == pytest.approx(fair.values["loo"][0], abs=1e-12)
+    same = scorer.score(1, w_t, sd, {0: 10.0, 1: 10.0, 2: 10.0}, {0: states[0]})
+    assert same.counterfactual_values["loo"][0] == same.values["loo"][0]
+    assert "counterfactual_0_unique" not in same.evaluations  # identical update: nothing re-scored

@@ -121,7 +121,11 @@ class AttributedFedAvg(FedAvg):
         weights = {p: float(m.content[next(iter(m.content.metric_records))][self.weighted_by_key]) for p, m in accepted}
         hists = {p: list(m.content["client"]["label-histogram"]) for p, m in accepted}
         roles = {p: str(m.content["client"]["role"]) for p, m in accepted}
-        scored = self.scorer.score(server_round, self._global.to_torch_state_dict(), states, weights, counterfactuals)
+        # An honest reply would have reported the local example count (over-reporting attacks differ).
+        cf_weights = {p: float(m["local_count"]) for p, m in attack_metrics.items()
+                      if p in counterfactuals and isinstance(m.get("local_count"), (int, float))}
+        scored = self.scorer.score(server_round, self._global.to_torch_state_dict(), states, weights,
+                                   counterfactuals, cf_weights)
         self.ledger.update(scored)
         record.update({
             "roles": roles,
