@@ -228,6 +228,8 @@ def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_
         with open(flwr_log, "ab") as fh:
             proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
             seen: dict[str, int] = {}
+            # Jobs finished by an earlier, interrupted launch say nothing about this start-up.
+            pending = {j["spec"]["job_id"] for j in jobs if not (Path(j["dir"]) / "summary.json").exists()}
             try:
                 while proc.poll() is None:
                     time.sleep(1.0)
@@ -237,7 +239,7 @@ def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_
                         n_rounds = len(read_jsonl(d / "rounds.jsonl"))
                         finished = (d / "summary.json").exists()
                         key = j["spec"]["job_id"]
-                        if n_rounds and first_round_at is None:
+                        if n_rounds and first_round_at is None and key in pending:
                             first_round_at = time.perf_counter()
                         if n_rounds != seen.get(key, 0) or (finished and seen.get(key + "#done") is None):
                             seen[key] = n_rounds
@@ -262,7 +264,8 @@ def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_
         raise UserError(f"the Flower run ended without finishing {len(missing)} job(s) ({missing[:3]}...); "
                         f"full log: {flwr_log}\n--- last lines ---\n{tail}")
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "startup_s": _startup_seconds(jobs, first_round_at, t0, wall)}
+    first_pending = [j for j in jobs if j["spec"]["job_id"] in pending] or jobs
+    return {"wall_s": wall, "startup_s": _startup_seconds(first_pending, first_round_at, t0, wall)}
 
 
 def _startup_seconds(jobs: list[dict[str, Any]], first_round_at: float | None, t0: float, wall: float) -> float:
