@@ -337,6 +337,9 @@ def run_sweep(scenario: Any, points: list[tuple[dict[str, str], Any]], out_dir: 
         jobs += scenario_jobs(point, pdir, cache)
         entries.append({"overrides": overrides, "dir": f"points/p{i:03d}"})
     plan_path = write_plan(sweep_dir / "plan.json", jobs, sizes.pop())
+    # Written first so that an interrupted sweep can still be reported from what it finished.
+    atomic_write_json(sweep_dir / "sweep.json", {"grid": grid or {}, "points": entries, "wall_s": None,
+                                                 "startup_s": None, "jobs": len(jobs), "started": started})
     timings = execute_plan(plan_path, jobs, points[0][1].num_clients, scenario.runtime, sweep_dir / "logs", progress)
     env = _environment(" ".join(sys.argv))
     for e, (_, point) in zip(entries, points):
