@@ -19,10 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedattr.data import label_histogram
 from fedattr.models import resolve_device
-from fedattr.task import Job
-
-COUNTERFACTUAL_KEY = "testbed.counterfactual"
-ATTACK_METRICS_KEY = "testbed.attack"
+from fedattr.task import ATTACK_METRICS_KEY, COUNTERFACTUAL_KEY, Job
 
 # Per (job, partition) attacker state across rounds of one job (teacher, generator, ...). It is a
 # cache: losing it (a fresh process) costs recomputation, never a different result.

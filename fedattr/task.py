@@ -17,6 +17,11 @@ import torch
 from fedattr.data import Splits, client_partition, load_splits
 from fedattr.models import build_model
 
+#: Testbed-only reply records (counterfactual honest update, attack diagnostics): the attacker
+#: adds them, the strategy strips them before aggregation.
+COUNTERFACTUAL_KEY = "testbed.counterfactual"
+ATTACK_METRICS_KEY = "testbed.attack"
+
 
 @dataclass(frozen=True)
 class Job:

@@ -20,9 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedattr.attribution import AttributionLedger, RoundScorer
 from fedattr.strategies.validation import check_train_reply
-
-COUNTERFACTUAL_KEY = "testbed.counterfactual"
-ATTACK_METRICS_KEY = "testbed.attack"
+from fedattr.task import ATTACK_METRICS_KEY, COUNTERFACTUAL_KEY
 
 
 class AttributedFedAvg(FedAvg):
