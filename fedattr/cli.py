@@ -24,6 +24,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from rich.table import Table
 
 from fedattr.errors import UserError
+from fedattr.launch.deploy_cli import deploy_app
 from fedattr.scenario import (Scenario, ScenarioError, check_names, dump_resolved, expand_grid,
                               load_scenario, parse_grid, schema_text)
 
@@ -40,6 +41,7 @@ app = typer.Typer(
 )
 scenario_app = typer.Typer(help="Inspect and validate scenario files.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
+app.add_typer(deploy_app, name="deploy")
 
 # Shared option types: every command that loads a scenario accepts the same overrides.
 SetOpt = Annotated[Optional[list[str]], typer.Option(

@@ -1,0 +1,101 @@
+"""``fedattr deploy``: run a scenario on Flower's deployment runtime (separate processes).
+
+``fedattr deploy local`` starts a SuperLink, one SuperNode per client (the attacker's with
+``role="attacker"`` in its node_config) and a SuperExec for each on 127.0.0.1; ``fedattr deploy
+compose-file`` writes the docker-compose topology for a scenario. The launchers (and with them
+Flower and torch) are imported only when a command runs, and the CLI's own helpers (error
+handling, progress, tables) are reused from :mod:`fedattr.cli` at call time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+__all__ = ["deploy_app"]
+
+deploy_app = typer.Typer(help="Run a scenario as separate Flower processes (SuperLink, SuperNodes, "
+                              "SuperExecs) on this machine, or write its docker-compose file.",
+                         no_args_is_help=True)
+
+_SCENARIO = typer.Argument(help="Scenario TOML file.", show_default=False)
+
+
+def _cli() -> Any:
+    import fedattr.cli as cli
+
+    return cli
+
+
+@deploy_app.command("local")
+def local(scenario: Annotated[Path, _SCENARIO],
+          set_: Annotated[Optional[list[str]], typer.Option(
+              "--set", "-s", metavar="KEY=VALUE",
+              help="Override a scenario field (dotted key, TOML value); repeatable.")] = None,
+          out: Annotated[Optional[Path], typer.Option(
+              "--out", "-o", help="Results directory (default: <output_dir>/<name>-<time>).")] = None,
+          json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
+          no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.md/plots.")] = False,
+          ) -> None:
+    """Run a scenario on a local deployment: one process per SuperLink, SuperNode and SuperExec.
+
+    Example: fedattr deploy local scenarios/demo.toml --out results/demo-deploy
+    """
+    cli = _cli()
+    cli._user_errors(_local)(cli, scenario, set_ or [], out, json_, no_report)
+
+
+def _local(cli: Any, scenario: Path, set_: list[str], out: Optional[Path], json_: bool, no_report: bool) -> None:
+    from fedattr.scenario import load_scenario
+
+    sc = load_scenario(scenario, set_)
+    try:
+        from fedattr.launch.local import deploy_scenario
+    except ImportError as exc:
+        from fedattr.errors import UserError
+
+        raise UserError(f"the local deployment launcher cannot be imported: {exc}") from exc
+    with cli._ProgressView(cli._err()) as progress:
+        results_dir = Path(deploy_scenario(sc, out_dir=out, progress=progress, scenario_path=scenario.resolve()))
+    from fedattr.report import summarize, write_report
+
+    report_path = None if no_report else write_report(results_dir)
+    summary = summarize(results_dir)
+    if json_:
+        cli._print_json({"results_dir": str(results_dir),
+                         "report": str(report_path) if report_path else None, "summary": summary})
+        return
+    cli._print_summary(summary)
+    con = cli._out()
+    con.print(f"results: {results_dir}")
+    con.print(cli._timing_line(cli._read_meta(results_dir / "environment.json")))
+    if report_path:
+        con.print(f"report: {report_path}")
+
+
+@deploy_app.command("compose-file")
+def compose_file(scenario: Annotated[Path, _SCENARIO],
+                 set_: Annotated[Optional[list[str]], typer.Option(
+                     "--set", "-s", metavar="KEY=VALUE", help="Override a scenario field; repeatable.")] = None,
+                 out: Annotated[Path, typer.Option(
+                     "--out", "-o", help="Where to write the compose file.")] = Path("docker-compose.yml"),
+                 tls: Annotated[bool, typer.Option(
+                     "--tls", help="Write the TLS override (docker-compose.tls.yml) instead.")] = False,
+                 ) -> None:
+    """Write a docker-compose file with one SuperNode per client of the scenario.
+
+    Example: fedattr deploy compose-file scenarios/demo.toml --out docker-compose.yml
+    """
+    cli = _cli()
+    cli._user_errors(_compose_file)(scenario, set_ or [], out, tls)
+
+
+def _compose_file(scenario: Path, set_: list[str], out: Path, tls: bool) -> None:
+    from fedattr.launch.compose import write_compose
+    from fedattr.scenario import load_scenario
+
+    sc = load_scenario(scenario, set_)
+    path = write_compose(out, sc.num_clients, list(sc.attacker_ids), tls=tls)
+    typer.echo(f"wrote {path} ({sc.num_clients} SuperNodes, attacker partition(s) {list(sc.attacker_ids)})")
