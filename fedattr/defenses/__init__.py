@@ -22,3 +22,6 @@ __all__ = [
     "DETECTORS", "Detector", "DetectorResult", "RoundUpdates",
     "make_detector", "register_detector", "root_update", "validate_detector",
 ]
+
+# Registration side effects: every detector module adds itself to DETECTORS.
+from . import cosine, flame, fltrust, foolsgold, krum, norm  # noqa: E402,F401
