@@ -1,7 +1,7 @@
 """The ``fedattr`` command line (typer + rich): run, sweep, report, train-generator, list, scenario.
 
-Errors a user can cause (a bad scenario, a missing file, a ``UserError`` from the runner) end with
-one red message on stderr and exit status 2, never a traceback. The runner (and with it torch and
+Errors a user can cause (a bad scenario, a missing file, a ``UserError`` from a launcher) end with
+one red message on stderr and exit status 2, never a traceback. The launcher (and with it torch and
 Flower) is imported only by the commands that need it, so ``--help``, ``scenario`` and ``report``
 start fast.
 """
@@ -89,23 +89,23 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _runner() -> Any:
-    """``fedattr.runner``, imported on demand (it pulls in torch and Flower)."""
+def _launcher() -> Any:
+    """``fedattr.launch.execute``, imported on demand (it pulls in torch and Flower)."""
     try:
-        import fedattr.runner as runner
+        import fedattr.launch.execute as launcher
     except ImportError as exc:
-        raise UserError(f"the fedattr runner cannot be imported: {exc}") from exc
-    return runner
+        raise UserError(f"the fedattr launcher cannot be imported: {exc}") from exc
+    return launcher
 
 
-def _check_registry(runner: Any, scenario: Scenario) -> str:
-    """Fail on names the runner's registries lack; return a note when they cannot be read.
+def _check_registry(launcher: Any, scenario: Scenario) -> str:
+    """Fail on names the registries lack; return a note when they cannot be read.
 
     A registry that cannot be loaded (a module still missing, say) must not hide the result
     of the schema validation, so it only yields a note.
     """
     try:
-        registries = runner.registries()
+        registries = launcher.registries()
     except Exception as exc:  # noqa: BLE001 - any failure to load registries is only a note
         return f" (names not checked: {type(exc).__name__}: {exc})"
     problems = check_names(scenario, registries)
@@ -124,11 +124,11 @@ def _print_json(obj: Any) -> None:
 
 
 class _ProgressView:
-    """Rich progress of a run, fed by the runner's progress events (dicts).
+    """Rich progress of a run, fed by the launcher's progress events (dicts).
 
     Events: ``{"event": "round", "arm", "seed", "round", "rounds", "jobs_done", "jobs_total"}``
     (optionally ``"point"``/``"points"`` in a sweep) and ``{"event": "log", "message"}``; other
-    events are ignored, so the runner may add more.
+    events are ignored, so the launcher may add more.
     """
 
     def __init__(self, console: Console):
@@ -237,9 +237,9 @@ def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: J
     Example: fedattr run scenarios/demo.toml --set seeds=[0,1,2] --out results/demo3
     """
     sc = load_scenario(scenario, set_ or [])
-    runner = _runner()  # the runner checks registry names and parameters itself
+    launcher = _launcher()  # the launcher checks registry names and parameters itself
     with _ProgressView(_err()) as progress:
-        results_dir = Path(runner.run_scenario(sc, out_dir=out, progress=progress,
+        results_dir = Path(launcher.run_scenario(sc, out_dir=out, progress=progress,
                                                scenario_path=scenario.resolve()))
     from fedattr.report import summarize, write_report
 
@@ -280,9 +280,9 @@ def sweep(scenario: ScenarioArg,
     sc = load_scenario(scenario, set_ or [])
     grid_d = parse_grid(grid)
     points = expand_grid(sc, grid_d)
-    runner = _runner()
+    launcher = _launcher()
     with _ProgressView(_err()) as progress:
-        sweep_dir = Path(runner.run_sweep(sc, points=points, out_dir=out, progress=progress,
+        sweep_dir = Path(launcher.run_sweep(sc, points=points, out_dir=out, progress=progress,
                                           grid=grid_d))
     from fedattr.report import summarize, write_report
 
@@ -350,7 +350,7 @@ def train_generator(
     Example: fedattr train-generator scenarios/demo.toml --source local --partition-id 0
     """
     sc = load_scenario(scenario, set_ or [])
-    info = _runner().train_generator(sc, source=source.value, partition_id=partition_id,
+    info = _launcher().train_generator(sc, source=source.value, partition_id=partition_id,
                                      force=force)
     if json_:
         _print_json(info)
@@ -366,7 +366,7 @@ def list_(json_: JsonOpt = False) -> None:
 
     Example: fedattr list --json
     """
-    registries = _runner().registries()
+    registries = _launcher().registries()
     if json_:
         _print_json(registries)
         return
@@ -394,7 +394,7 @@ def scenario_check(scenario: ScenarioArg, set_: SetOpt = None, json_: Annotated[
         "--json", help="Print the resolved scenario as JSON instead of TOML.")] = False,
                    registry: Annotated[bool, typer.Option(
                        "--registry/--no-registry",
-                       help="Also check names against the runner's registries (imports torch "
+                       help="Also check names against the registries (imports torch "
                             "and Flower).")] = True) -> None:
     """Validate a scenario file (with overrides) and print it resolved, every default filled.
 
@@ -404,11 +404,11 @@ def scenario_check(scenario: ScenarioArg, set_: SetOpt = None, json_: Annotated[
     note = ""
     if registry:
         try:
-            import fedattr.runner as runner
+            import fedattr.launch.execute as launcher
         except ImportError as exc:
             note = f" (names not checked: {exc})"
         else:
-            note = _check_registry(runner, sc)
+            note = _check_registry(launcher, sc)
     if json_:
         _print_json(dump_resolved(sc))
     else:

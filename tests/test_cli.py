@@ -1,4 +1,4 @@
-"""The fedattr CLI, with a fake runner (no Flower, no torch) and the real report on the fixture."""
+"""The fedattr CLI, with a fake launcher (no Flower, no torch) and the real report on the fixture."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def cli():
 
 @pytest.fixture()
 def fake_runner(monkeypatch, tmp_path):
-    """A stand-in ``fedattr.runner`` that records calls and returns copies of the fixture."""
-    fake = types.ModuleType("fedattr.runner")
+    """A stand-in ``fedattr.launch.execute`` that records calls and returns copies of the fixture."""
+    fake = types.ModuleType("fedattr.launch.execute")
     fake.calls = []
 
     def run_scenario(scenario, out_dir=None, progress=None, scenario_path=None):
@@ -62,9 +62,9 @@ def fake_runner(monkeypatch, tmp_path):
 
     fake.run_scenario, fake.run_sweep = run_scenario, run_sweep
     fake.train_generator, fake.registries = train_generator, registries
-    monkeypatch.setitem(sys.modules, "fedattr.runner", fake)
-    import fedattr
-    monkeypatch.setattr(fedattr, "runner", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "fedattr.launch.execute", fake)
+    import fedattr.launch
+    monkeypatch.setattr(fedattr.launch, "execute", fake, raising=False)
     return fake
 
 

@@ -1,0 +1,1 @@
+"""Launchers: start the processes a plan runs on, follow them, and end them whatever happens."""
