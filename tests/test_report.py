@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 from fedattr.errors import UserError
-from fedattr.report import (fmt_ci, kendall_between, load_results, markdown_to_html, mean_ci,
+from fedattr.report import (fmt_ci, fmt_num, kendall_between, load_results, markdown_to_html, mean_ci,
                             summarize, write_report)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -52,13 +52,13 @@ def summary_of(root: Path, arm: str, seed: int) -> dict:
     return json.loads((root / "jobs" / f"{arm}__s{seed}" / "summary.json").read_text())
 
 
-def expected(values) -> str:
+def expected(values, signed: bool = True) -> str:
     """mean ± t-CI half-width, formatted like the report (computed independently)."""
     x = np.asarray(list(values), dtype=float)
     if len(x) == 1:
-        return f"{x[0]:.4g} (n=1)"
+        return (f"{x[0]:+.4f}" if signed else f"{x[0]:.4f}") + " (n=1)"
     half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return f"{x.mean():.4g} ± {half:.2g}"
+    return (f"{x.mean():+.4f}" if signed else f"{x.mean():.4f}") + f" ± {half:.4f}"
 
 
 def table_rows(md: str, heading: str) -> list[list[str]]:
@@ -104,8 +104,16 @@ def test_mean_ci_as_dict_is_json_ready():
 
 def test_fmt_ci():
     assert fmt_ci(mean_ci([])) == "—"
-    assert fmt_ci(mean_ci([0.123456])) == "0.1235 (n=1)"
-    assert fmt_ci(mean_ci([1.0, 2.0, 3.0])) == "2 ± 2.5"
+    assert fmt_ci(mean_ci([0.123456])) == "+0.1235 (n=1)"
+    assert fmt_ci(mean_ci([1.0, 2.0, 3.0])) == "+2.0000 ± 2.4841"
+    assert fmt_ci(mean_ci([0.5, 0.7]), signed=False) == "0.6000 ± 1.2706"
+
+
+def test_one_number_format_for_every_magnitude():
+    # the three numbers issue 8 found side by side in one column
+    assert [fmt_num(x) for x in (2.302e-05, -0.01667, 0.026)] == ["+0.0000", "-0.0167", "+0.0260"]
+    assert fmt_num(None) == fmt_num(float("nan")) == "—"
+    assert fmt_num(3, signed=False) == "3.0000"
 
 
 def test_kendall_between_dicts():
@@ -176,7 +184,7 @@ def test_final_accuracy_table(reported):
     for arm, attack in [("honest", "honest"), ("attack", "latent")]:
         accs = [summary_of(reported, arm, s)["final_test"]["accuracy"] for s in SEEDS]
         delta = "—" if arm == "honest" else expected([a - h for a, h in zip(accs, honest)])
-        assert rows[arm] == [arm, attack, expected(accs), delta, "2"]
+        assert rows[arm] == [arm, attack, expected(accs, signed=False), delta, "2"]
 
 
 def test_attacker_value_table(reported):
@@ -188,7 +196,7 @@ def test_attacker_value_table(reported):
             assert rows[(arm, ev)] == [
                 "0", arm, ev, expected(s["cumulative"][ev]["0"] for s in sums),
                 expected(s["cumulative_normalised"][ev]["0"] for s in sums),
-                expected(s["ranks"][ev]["0"] for s in sums)]
+                expected((s["ranks"][ev]["0"] for s in sums), signed=False)]
 
 
 def test_inflation_table(reported):
@@ -248,7 +256,7 @@ def test_single_seed_shows_n_equals_1(run_dir):
     md = write_report(run_dir).read_text()
     acc = summary_of(run_dir, "attack", 0)["final_test"]["accuracy"]
     rows = {r[0]: r for r in table_rows(md, "Final test accuracy")}
-    assert rows["attack"][2] == f"{acc:.4g} (n=1)"
+    assert rows["attack"][2] == f"{acc:.4f} (n=1)"
     assert "± " not in rows["attack"][2]
 
 
@@ -260,7 +268,7 @@ def test_unfinished_job_is_reported_from_its_last_round(run_dir):
                       .splitlines()[-1])
     accs = [summary_of(run_dir, "attack", 0)["final_test"]["accuracy"], last["test"]["accuracy"]]
     rows = {r[0]: r for r in table_rows(md, "Final test accuracy")}
-    assert rows["attack"][2] == expected(accs)
+    assert rows["attack"][2] == expected(accs, signed=False)
     # the counterfactual inflation is re-summed from the round records
     cf = [summary_of(run_dir, "attack", 0)["counterfactual_inflation"]["loo"]["0"],
           sum(r["values"]["loo"]["0"] - r["counterfactual_values"]["loo"]["0"]
