@@ -1,0 +1,324 @@
+"""Flower's deployment runtime on this machine: every SuperLink, SuperNode and SuperExec a process.
+
+:class:`LocalDeployment` starts, on 127.0.0.1 and free ports, a SuperLink (``--isolation
+process``) with its own SuperExec for the ServerApp, and per client a SuperNode (``--isolation
+process``, ``node_config`` with ``partition-id``, ``num-partitions`` and ``role``) with its own
+SuperExec: the process layout of a container deployment. :func:`deploy_scenario` writes the plan,
+submits it with ``flwr run`` to a project-local connection, follows the run's status (``flwr ls
+--format json``) and the jobs' ``rounds.jsonl``, and writes results exactly as the simulation
+launcher does. Every process started here carries the launch's tag and is ended by PID, also on
+failure, Ctrl-C, SIGTERM and SIGHUP.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from fedattr.errors import UserError
+from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_processes, free_port,
+                                      project_root, tagged_env)
+from fedattr.results import atomic_write_json, read_jsonl
+
+Progress = Callable[[dict[str, Any]], None]
+
+#: name of the connection written to the deployment's FLWR_HOME
+CONNECTION = "fedattr-local"
+
+
+@dataclass
+class Member:
+    """One process of the deployment."""
+
+    name: str
+    kind: str  # superlink, superexec, supernode
+    cmd: list[str]
+    port: int | None = None
+    role: str | None = None
+    partition_id: int | None = None
+    proc: subprocess.Popen | None = None
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """What processes.json records about this member."""
+        return {"name": self.name, "kind": self.kind, "pid": self.proc.pid if self.proc else None,
+                "port": self.port, "role": self.role, "partition_id": self.partition_id, "cmd": self.cmd}
+
+
+def node_config(partition_id: int, num_partitions: int, role: str, extra: dict[str, str] | None = None) -> str:
+    """The ``--node-config`` value of one SuperNode (TOML values: strings quoted)."""
+    items = {"partition-id": partition_id, "num-partitions": num_partitions, "role": role, **(extra or {})}
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
+
+
+class LocalDeployment:
+    """A SuperLink, its SuperExec and ``num_clients`` SuperNodes with one SuperExec each, on 127.0.0.1.
+
+    Use as a context manager: ``__enter__`` starts everything and waits until each server process
+    listens; ``__exit__`` ends every process (and every tagged descendant) by PID. ``processes.json``
+    in ``work_dir`` names each process with its PID, port and role, ``run.tag`` the launch's tag.
+    """
+
+    def __init__(self, num_clients: int, attacker_ids: list[int], work_dir: Path,
+                 node_extra: dict[str, str] | None = None, ready_timeout_s: float = 90.0):
+        self.num_clients = num_clients
+        self.attacker_ids = attacker_ids
+        self.work_dir = work_dir
+        self.node_extra = node_extra
+        self.ready_timeout_s = ready_timeout_s
+
+    # -- start / stop
+    def __enter__(self) -> LocalDeployment:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.flwr_home_ = self.work_dir / "flwr_home"
+        self.flwr_home_.mkdir(parents=True, exist_ok=True)
+        self.tag_ = uuid.uuid4().hex
+        (self.work_dir / "run.tag").write_text(self.tag_ + "\n")
+        self.env_ = tagged_env(self.tag_, self.flwr_home_)
+        self.members_: list[Member] = []
+        try:
+            self._start_all()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # Reverse order: SuperExecs and SuperNodes before the SuperLink they talk to.
+        for m in reversed(getattr(self, "members_", [])):
+            if m.proc is not None:
+                end_process_group(m.proc)
+        if hasattr(self, "tag_"):
+            end_tagged_processes(self.tag_)
+        for m in getattr(self, "members_", []):
+            if m.log is not None:
+                m.log.close()
+
+    def _start_all(self) -> None:
+        link_port = free_port()
+        self.address_ = f"127.0.0.1:{link_port}"
+        (self.flwr_home_ / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{self.address_}"\ninsecure = true\n')
+        self._start(Member("superlink", "superlink", [
+            bin_path("flower-superlink"), "--insecure", "--isolation", "process", "--host", "127.0.0.1",
+            "--port", str(link_port), "--disable-runtime-dependency-installation"], port=link_port))
+        self._start(Member("superexec-serverapp", "superexec", [
+            bin_path("flower-superexec"), "--insecure", "--runtime-api-address", self.address_]))
+        for pid in range(self.num_clients):
+            role = "attacker" if pid in self.attacker_ids else "benign"
+            port = free_port()
+            self._start(Member(f"supernode-{pid}", "supernode", [
+                bin_path("flower-supernode"), "--insecure", "--superlink", self.address_, "--isolation", "process",
+                "--host", "127.0.0.1", "--port", str(port),
+                "--node-config", node_config(pid, self.num_clients, role, self.node_extra)],
+                port=port, role=role, partition_id=pid))
+            self._start(Member(f"superexec-{pid}", "superexec", [
+                bin_path("flower-superexec"), "--insecure", "--runtime-api-address", f"127.0.0.1:{port}"],
+                role=role, partition_id=pid))
+        self.write_processes()
+
+    def _start(self, m: Member) -> None:
+        logs = self.work_dir / "processes"
+        logs.mkdir(exist_ok=True)
+        m.log = open(logs / f"{m.name}.log", "ab")
+        # Own session: a Ctrl-C in the terminal reaches only the launcher, which ends them in order.
+        m.proc = subprocess.Popen(m.cmd, env=self.env_, stdout=m.log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        self.members_.append(m)
+        self.write_processes()
+        if m.port is not None:
+            self._wait_listening(m)
+
+    def _wait_listening(self, m: Member) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if m.proc.poll() is not None:
+                raise UserError(f"{m.name} exited with status {m.proc.returncode} while starting; "
+                                f"see {self.work_dir / 'processes' / (m.name + '.log')}")
+            try:
+                with socket.create_connection(("127.0.0.1", m.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise UserError(f"{m.name} did not open 127.0.0.1:{m.port} within {self.ready_timeout_s:.0f} s; "
+                        f"see {self.work_dir / 'processes' / (m.name + '.log')}")
+
+    def write_processes(self) -> None:
+        """Record every process (name, PID, port, role) in ``processes.json``."""
+        atomic_write_json(self.work_dir / "processes.json",
+                          {"tag": self.tag_, "address": getattr(self, "address_", None),
+                           "processes": [m.describe() for m in self.members_]})
+
+    # -- state
+    def exited(self) -> list[Member]:
+        """Members whose process has ended."""
+        return [m for m in self.members_ if m.proc is not None and m.proc.poll() is not None]
+
+    def run_status(self, timeout_s: float = 60.0) -> dict[str, Any] | None:
+        """The newest run on this SuperLink as ``flwr ls --format json`` reports it (None if unknown)."""
+        try:
+            out = subprocess.run([bin_path("flwr"), "ls", CONNECTION, "--format", "json"], env=self.env_,
+                                 capture_output=True, text=True, timeout=timeout_s, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return None
+        return latest_run(out.stdout)
+
+
+def latest_run(text: str) -> dict[str, Any] | None:
+    """The run with the highest start time in ``flwr ls --format json`` output (None if none)."""
+    try:
+        data = json.loads(text[text.index("{"):]) if "{" in text else None
+    except ValueError:
+        return None
+    runs = (data or {}).get("runs") or []
+    return runs[-1] if runs else None
+
+
+def _emit(progress: Progress | None, event: dict[str, Any]) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@dataclass
+class _Follower:
+    """Turns the jobs' rounds.jsonl/summary.json into progress events (as the simulation launcher)."""
+
+    jobs: list[dict[str, Any]]
+    progress: Progress | None
+    seen: dict[str, int] = field(default_factory=dict)
+    first_round_at: float | None = None
+
+    def tick(self) -> int:
+        done = sum((Path(j["dir"]) / "summary.json").exists() for j in self.jobs)
+        for j in self.jobs:
+            d, key = Path(j["dir"]), j["spec"]["job_id"]
+            n_rounds = len(read_jsonl(d / "rounds.jsonl"))
+            finished = (d / "summary.json").exists()
+            if n_rounds and self.first_round_at is None:
+                self.first_round_at = time.perf_counter()
+            if n_rounds != self.seen.get(key, 0) or (finished and key + "#done" not in self.seen):
+                self.seen[key] = n_rounds
+                if finished:
+                    self.seen[key + "#done"] = 1
+                _emit(self.progress, {"event": "round", "arm": j["spec"]["arm"], "seed": j["spec"]["seed"],
+                                      "round": n_rounds, "rounds": j["spec"]["rounds"], "jobs_done": done,
+                                      "jobs_total": len(self.jobs)})
+        _emit(self.progress, {"event": "jobs", "jobs_done": done, "jobs_total": len(self.jobs)})
+        return done
+
+
+def execute_plan_local(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, attacker_ids: list[int],
+                       work_dir: Path, progress: Progress | None = None, node_extra: dict[str, str] | None = None,
+                       status_every_s: float = 15.0) -> dict[str, Any]:
+    """Run every job of a plan in ONE ``flwr run`` on a local deployment; return timings and status."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if all((Path(j["dir"]) / "summary.json").exists() for j in jobs):
+        _emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
+        return {"wall_s": 0.0, "startup_s": 0.0, "status": None}
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with LocalDeployment(num_clients, attacker_ids, work_dir, node_extra) as dep:
+            _emit(progress, {"event": "log", "message": f"local deployment up: SuperLink {dep.address_}, "
+                                                        f"{num_clients} SuperNodes (attacker ids {attacker_ids}); "
+                                                        f"processes in {work_dir / 'processes.json'}"})
+            status, follower = _submit_and_follow(dep, plan_path, jobs, work_dir, progress, status_every_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    from fedattr.launch.simulation import startup_seconds
+
+    missing = [j["spec"]["job_id"] for j in jobs if not (Path(j["dir"]) / "summary.json").exists()]
+    flwr_log = work_dir / "flwr.log"
+    if missing or (status or {}).get("status", "").endswith(("failed", "stopped")):
+        tail = flwr_log.read_text(errors="replace")[-3000:] if flwr_log.exists() else ""
+        raise UserError(f"the deployed run ended with status {(status or {}).get('status', 'unknown')!r} and "
+                        f"{len(missing)} unfinished job(s) {missing[:3]}; logs in {work_dir}\n"
+                        f"--- last lines of {flwr_log.name} ---\n{tail}")
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "startup_s": startup_seconds(jobs, follower.first_round_at, t0, wall),
+            "status": (status or {}).get("status")}
+
+
+def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[str, Any]], work_dir: Path,
+                       progress: Progress | None, status_every_s: float) -> tuple[dict | None, _Follower]:
+    cmd = [bin_path("flwr"), "run", str(project_root()), CONNECTION, "--run-config", f"plan='{plan_path}'", "--stream"]
+    _emit(progress, {"event": "log", "message": f"flwr run: {' '.join(cmd)}"})
+    follower = _Follower(jobs, progress)
+    status: dict | None = None
+    reported: set[str] = set()
+    with open(work_dir / "flwr.log", "ab") as fh:
+        proc = subprocess.Popen(cmd, env=dep.env_, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            next_status = time.monotonic() + status_every_s
+            while True:
+                time.sleep(1.0)
+                done = follower.tick()
+                for m in dep.exited():
+                    if m.name not in reported:
+                        reported.add(m.name)
+                        _emit(progress, {"event": "log", "message": f"{m.name} ({m.role or m.kind}) exited with "
+                                                                    f"status {m.proc.returncode}"})
+                        if m.kind == "superlink":
+                            raise UserError(f"the SuperLink exited with status {m.proc.returncode}; "
+                                            f"see {work_dir / 'processes' / 'superlink.log'}")
+                stream_ended = proc.poll() is not None
+                if done == len(jobs) or stream_ended or time.monotonic() >= next_status:
+                    status = dep.run_status() or status
+                    next_status = time.monotonic() + status_every_s
+                    if status:
+                        _emit(progress, {"event": "status", "run_id": status.get("run-id"),
+                                         "status": status.get("status")})
+                    if status and str(status.get("status", "")).startswith("finished"):
+                        break
+                    if stream_ended and done == len(jobs):
+                        break
+        finally:
+            end_process_group(proc)
+    return status, follower
+
+
+def deploy_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Progress | None = None,
+                    scenario_path: str | Path | None = None, node_extra: dict[str, str] | None = None) -> Path:
+    """Run every arm and seed of ``scenario`` on a local deployment; return the results directory.
+
+    The results directory has the same layout as a simulation run's; ``logs/`` also holds one log
+    per process and ``processes.json``. Re-running into an existing directory resumes it.
+    """
+    from fedattr.launch.execute import _environment, _finish_environment
+    from fedattr.plan import default_cache_dir, default_results_dir, scenario_jobs, write_plan
+    from fedattr.preflight import check_registries
+
+    check_registries(scenario)
+    results_dir = Path(out_dir).expanduser().resolve() if out_dir else default_results_dir(scenario)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc).isoformat()
+    atomic_write_json(results_dir / "scenario.json", scenario.model_dump(mode="json"))
+    env = _environment(" ".join(sys.argv))
+    env["seeds"] = list(scenario.seeds)
+    env["scenario_path"] = str(Path(scenario_path).resolve()) if scenario_path else None
+    env["backend"] = "deployment-local"
+    jobs = scenario_jobs(scenario, results_dir)
+    plan_path = write_plan(results_dir / "plan.json", jobs, scenario.num_clients)
+    extra = {"cache-dir": str(default_cache_dir()), **(node_extra or {})}
+    timings = execute_plan_local(plan_path, jobs, scenario.num_clients, list(scenario.attacker_ids),
+                                 results_dir / "logs", progress, node_extra=extra)
+    _finish_environment(results_dir, env, {k: v for k, v in timings.items() if k != "status"}, started)
+    return results_dir
+
+
+__all__ = ["LocalDeployment", "deploy_scenario", "execute_plan_local", "node_config", "latest_run", "CONNECTION"]
