@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedattr.evaluators import ModelUtility, RoundGame, make_evaluator
+import fedattr.defenses  # noqa: F401  (robust-scoring evaluators register on import)
+from fedattr.evaluators import CumulativeValues, ModelUtility, RoundGame, make_evaluator
 
 
 @dataclass
@@ -28,6 +29,9 @@ class RoundAttribution:
     evaluations: dict[str, int]
     seconds: dict[str, float]
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``[evaluator][attacker] -> {player: value}``: every player's value in the counterfactual
+    #: game (the attacker's honest update in place of its sent one), for same-round rank changes.
+    counterfactual_vectors: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)
 
 
 class RoundScorer:
@@ -53,13 +57,17 @@ class RoundScorer:
         CPU threads used while evaluating coalitions (None = torch's default).
     seed : int
         Seed of the Monte-Carlo evaluators (combined with the round number).
+    aggregate : callable, optional
+        The coalition rule of the server's strategy (``fedattr.evaluators.aggregation``);
+        None = FedAvg's weighted mean.
     """
 
     def __init__(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, evaluators: list[tuple[str, dict]],
                  *, utility: str = "accuracy", val_subset: int | None = None, engine: str = "auto",
                  device: str | torch.device = "cpu", seed: int = 0, num_classes: int | None = None,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, aggregate: Any = None):
         self.evaluators = [(name, dict(params)) for name, params in evaluators]
+        self.aggregate = aggregate
         self.seed = seed
         self.utility = ModelUtility(model, x_val, y_val, metric=utility, num_classes=num_classes,
                                     val_subset=val_subset, subset_seed=seed, engine=engine, device=device,
@@ -71,7 +79,8 @@ class RoundScorer:
     def _game(self, global_state: dict, states: dict[int, dict], weights: dict[int, float]) -> RoundGame:
         pids = sorted(states)
         return RoundGame.from_state_dicts(self.utility, global_state, [states[p] for p in pids],
-                                          weights=[weights[p] for p in pids], players=pids)
+                                          weights=[weights[p] for p in pids], players=pids,
+                                          aggregate=self.aggregate)
 
     def score(self, server_round: int, global_state: dict, states: dict[int, dict], weights: dict[int, float],
               counterfactuals: dict[int, dict] | None = None,
@@ -96,6 +105,7 @@ class RoundScorer:
                            if hasattr(ev, k) and _scalar(getattr(ev, k)) is not None}
         evaluations["unique"] = int(game.cache.n_evaluations)
         cf_values: dict[str, dict[int, float]] = {name: {} for name, _ in self.evaluators}
+        cf_vectors: dict[str, dict[int, dict[int, float]]] = {name: {} for name, _ in self.evaluators}
         for pid, honest_state in (counterfactuals or {}).items():
             if pid not in states:
                 continue
@@ -104,21 +114,23 @@ class RoundScorer:
                 # Before its start round (or in a no-op arm) the attacker sent its honest update.
                 for name in values:
                     cf_values[name][int(pid)] = values[name][int(pid)]
+                    cf_vectors[name][int(pid)] = dict(values[name])
                 continue
             alt, alt_weights = dict(states), dict(weights)
             alt[pid] = honest_state
             alt_weights[pid] = (counterfactual_weights or {}).get(pid, weights[pid])
             cf_game = self._game(global_state, alt, alt_weights)
-            # Coalitions without the attacker are the same models in both games (FedAvg weights
-            # are renormalised within a coalition): reuse their values.
+            # Coalitions without the attacker are the same models in both games (every rule is a
+            # function of the coalition's members only): reuse their values.
             bit = 1 << list(game.players).index(pid)
             cf_game.cache.prefill((m, v) for m, v in game.cache.items() if not m & bit)
             for name, params in self.evaluators:
                 ev = make_evaluator(name, **params).fit(cf_game, seed=self.seed * 7919 + server_round)
                 cf_values[name][int(pid)] = float(ev.values_[list(cf_game.players).index(pid)])
+                cf_vectors[name][int(pid)] = {int(p): float(v) for p, v in zip(cf_game.players, ev.values_)}
             evaluations[f"counterfactual_{pid}_unique"] = int(cf_game.cache.n_evaluations)
         seconds["total"] = time.perf_counter() - t0
-        return RoundAttribution(values, cf_values, evaluations, seconds, extra)
+        return RoundAttribution(values, cf_values, evaluations, seconds, extra, cf_vectors)
 
 
 def _scalar(v: Any) -> Any:
@@ -137,34 +149,35 @@ def ranks(values: dict[int, float]) -> dict[int, int]:
     return {p: i + 1 for i, p in enumerate(order)}
 
 
-class AttributionLedger:
-    """Multi-round bookkeeping: cumulative values, the normalised variant, ranks, inflation.
+class AttributionTotals:
+    """Multi-round totals of every evaluator (one :class:`CumulativeValues` each) and inflation.
 
-    ``cumulative[ev][pid]`` is the sum of a client's per-round values; ``normalised[ev][pid]``
-    sums each round's values divided by that round's total absolute value (so every round weighs
-    the same whatever its gain); ``inflation[ev][pid]`` sums, for attackers that reported a
-    counterfactual, value minus counterfactual value.
+    ``cumulative[ev][pid]`` sums a client's per-round values; ``normalised[ev][pid]`` sums each
+    round's values divided by that round's total absolute value; ``inflation[ev][pid]`` sums, for
+    attackers that reported a counterfactual, value minus counterfactual value.
     """
 
     def __init__(self) -> None:
-        self.cumulative: dict[str, dict[int, float]] = {}
-        self.normalised: dict[str, dict[int, float]] = {}
+        self.per_evaluator: dict[str, CumulativeValues] = {}
         self.inflation: dict[str, dict[int, float]] = {}
 
     def update(self, attribution: RoundAttribution) -> None:
         """Add one round."""
         for ev, vals in attribution.values.items():
-            cum = self.cumulative.setdefault(ev, {})
-            norm = self.normalised.setdefault(ev, {})
-            scale = sum(abs(v) for v in vals.values())
-            for pid, v in vals.items():
-                cum[pid] = cum.get(pid, 0.0) + v
-                norm[pid] = norm.get(pid, 0.0) + (v / scale if scale > 0 else 0.0)
+            self.per_evaluator.setdefault(ev, CumulativeValues()).update(list(vals), list(vals.values()))
         for ev, cf in attribution.counterfactual_values.items():
             infl = self.inflation.setdefault(ev, {})
             for pid, v_honest in cf.items():
                 infl[pid] = infl.get(pid, 0.0) + attribution.values[ev][pid] - v_honest
 
+    @property
+    def cumulative(self) -> dict[str, dict[int, float]]:
+        return {ev: dict(c.total_) for ev, c in self.per_evaluator.items()}
+
+    @property
+    def normalised(self) -> dict[str, dict[int, float]]:
+        return {ev: dict(c.normalised_) for ev, c in self.per_evaluator.items()}
+
     def ranks(self) -> dict[str, dict[int, int]]:
-        """Rank of every client by cumulative value, per evaluator."""
+        """Rank of every client by cumulative value, per evaluator (1 = highest)."""
         return {ev: ranks(vals) for ev, vals in self.cumulative.items()}

@@ -1,66 +1,49 @@
 """ClientApp: benign local SGD on the node's partition; the attacker's partition goes to attacker_app.
 
-Reply to a train message (the contract FedAvg validates, kept by every role):
-``ArrayRecord`` "arrays" (the trained weights), ``MetricRecord`` "metrics" (``num-examples``,
-``train-loss``) and ``ConfigRecord`` "client" (``partition-id``, ``role``, ``label-histogram``).
+Every role replies through ``fedattr.protocol.make_reply`` (one ArrayRecord ``arrays``, one
+MetricRecord ``metrics`` with ``num-examples`` and ``train-loss``, one ConfigRecord ``client``
+with ``partition-id``, ``role``, ``label-histogram``).
 
-The partition comes from ``node_config["partition-id"]``. The role comes from
-``node_config["role"]`` in a deployment, and otherwise (simulation, where node_config cannot be
-extended) from the job's attacker partition ids, which the server takes from the run config.
+The node says where it computes (``fedattr.protocol.NodeSettings``: partition id, role, device,
+data and cache directories from ``node_config`` or the environment). The role comes from
+``node_config["role"]`` in a deployment and otherwise (simulation, where node_config cannot be
+extended) from the job's attacker partition ids.
 """
 
 from __future__ import annotations
 
-import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from fedattr.attacker_app import attacker_train
 from fedattr.data import label_histogram
 from fedattr.models import resolve_device
+from fedattr.protocol import ARRAYS, JobSpec, NodeSettings, make_reply
 from fedattr.task import Job
 from fedattr.training import train_local
 
 app = ClientApp()
 
 
-def client_role(context: Context, job: Job) -> str:
+def client_role(node: NodeSettings, job: Job) -> str:
     """``attacker`` or ``benign`` for this node in this job."""
-    role = context.node_config.get("role")
-    if role:
-        return str(role)
-    return "attacker" if int(context.node_config["partition-id"]) in job.attacker_ids else "benign"
+    if node.role:
+        return node.role
+    return "attacker" if node.partition_id in job.attacker_ids else "benign"
 
 
-def make_reply(
-    msg: Message, state: dict[str, torch.Tensor], num_examples: int, train_loss: float,
-    partition_id: int, role: str, histogram: list[int],
-) -> RecordDict:
-    """The reply content every role sends (same records, same keys)."""
-    return RecordDict({
-        "arrays": ArrayRecord(state),
-        "metrics": MetricRecord({"num-examples": int(num_examples), "train-loss": float(train_loss)}),
-        "client": ConfigRecord({"partition-id": int(partition_id), "role": role, "label-histogram": histogram}),
-    })
+def node_device(node: NodeSettings, job: Job) -> str:
+    """The node's device when it names one, else the job's default."""
+    return resolve_device(node.device or job.spec.device)
 
 
-def benign_train(job: Job, partition_id: int, server_round: int, arrays: ArrayRecord) -> tuple[dict, int, float]:
+def benign_train(job: Job, node: NodeSettings, server_round: int, arrays: ArrayRecord) -> tuple[dict, int, float]:
     """Train a copy of the global model on the partition; return (state dict, n, mean loss)."""
-    x, y = job.partition(partition_id)
+    x, y = job.partition(node.partition_id)
     model = job.build_model()
     model.load_state_dict(arrays.to_torch_state_dict())
-    t = job.spec["train"]
-    out = train_local(
-        model, x, y, epochs=t["local_epochs"], batch_size=t["batch_size"], lr=t["lr"],
-        momentum=t["momentum"], weight_decay=t["weight_decay"],
-        seed=job.client_seed(server_round, partition_id), device=resolve_device(job.spec["device"]),
-    )
+    out = train_local(model, x, y, seed=job.client_seed(server_round, node.partition_id),
+                      device=node_device(node, job), **job.train_kwargs())
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return state, len(y), out["loss"]
 
@@ -69,16 +52,16 @@ def benign_train(job: Job, partition_id: int, server_round: int, arrays: ArrayRe
 def train(msg: Message, context: Context) -> Message:
     """Local training for one round of one job."""
     config = msg.content["config"]
-    job = Job.from_json(str(config["job"]))
+    node = NodeSettings.from_node_config(dict(context.node_config))
+    job = Job(JobSpec.from_json(str(config["job"])), data_dir=node.data_dir)
     server_round = int(config["server-round"])
-    partition_id = int(context.node_config["partition-id"])
-    role = client_role(context, job)
+    role = client_role(node, job)
     if role == "attacker":
-        from fedattr.attacker_app import attacker_train
-
-        content = attacker_train(msg, job, partition_id, server_round)
+        content = attacker_train(msg.content[ARRAYS], job, node, server_round, device=node_device(node, job))
         return Message(content=content, reply_to=msg)
-    state, n, loss = benign_train(job, partition_id, server_round, msg.content["arrays"])
-    _, y = job.partition(partition_id)
+    state, n, loss = benign_train(job, node, server_round, msg.content[ARRAYS])
+    _, y = job.partition(node.partition_id)
     hist = label_histogram(y, job.splits().num_classes)
-    return Message(content=make_reply(msg, state, n, loss, partition_id, role, hist), reply_to=msg)
+    content = make_reply(state, num_examples=n, train_loss=loss, partition_id=node.partition_id, role=role,
+                         label_histogram=hist)
+    return Message(content=content, reply_to=msg)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedattr.results import atomic_write_json, job_name, read_json
-from fedattr.task import job_spec
+from fedattr.task import plan_entry
 
 
 def default_cache_dir() -> Path:
@@ -21,25 +21,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FEDATTR_CACHE_DIR", Path.home() / ".cache" / "fedattr" / "generators")).resolve()
 
 
-def default_results_dir(scenario: Any) -> Path:
-    """``<output_dir>/<name>-<UTC time>``, absolute."""
+def default_results_dir(scenario: Any, anchor: Path | None = None) -> Path:
+    """``<output_dir>/<name>-<UTC time>``, absolute; a relative ``output_dir`` is taken relative
+    to ``anchor`` (default: the current directory; the ServerApp passes the home directory, since
+    its working directory is the SuperLink's)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return (Path(scenario.output_dir).expanduser() / f"{scenario.name}-{stamp}").resolve()
+    base = Path(scenario.output_dir).expanduser()
+    if not base.is_absolute():
+        base = (anchor or Path.cwd()) / base
+    return (base / f"{scenario.name}-{stamp}").resolve()
 
 
-def scenario_jobs(scenario: Any, results_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
-    """One plan entry per (arm, seed) of ``scenario``, seeds outermost so arms of a seed run together."""
+def scenario_jobs(scenario: Any, results_dir: Path, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """One plan entry (``fedattr.protocol.PlanEntry``, as JSON) per (arm, seed) of ``scenario``.
+
+    Seeds are outermost so that the arms of a seed run together. ``cache_dir`` is not part of a
+    job any more (each node finds its own generator cache); it is accepted for old callers.
+    """
     jobs = []
-    attribution = scenario.attribution.model_dump()
     for seed in scenario.seeds:
         for arm in scenario.arms:
             name = job_name(arm.name, seed)
-            jobs.append({
-                "dir": str(results_dir / "jobs" / name),
-                "spec": job_spec(scenario, arm, seed, job_id=f"{results_dir.name}/{name}", cache_dir=str(cache_dir)),
-                "attribution": attribution,
-                "aggregation": scenario.aggregation.model_dump(),
-            })
+            entry = plan_entry(scenario, arm, seed, job_dir=results_dir / "jobs" / name,
+                               job_id=f"{results_dir.name}/{name}")
+            jobs.append(entry.model_dump(mode="json"))
     return jobs
 
 
@@ -53,5 +58,5 @@ def write_plan(path: Path, jobs: list[dict[str, Any]], num_clients: int) -> Path
 
 
 def read_plan(path: str | Path) -> dict[str, Any]:
-    """Load a plan written by :func:`write_plan`."""
+    """Load a plan written by :func:`write_plan` (validate it with ``fedattr.protocol.Plan``)."""
     return read_json(path)

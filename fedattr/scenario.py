@@ -41,6 +41,7 @@ __all__ = [
     "AttributionSpec",
     "ArmSpec",
     "AggregationSpec",
+    "DetectorSpec",
     "RuntimeSpec",
     "Scenario",
     "HONEST_ATTACK",
@@ -118,7 +119,33 @@ class PartitionSpec(_Spec):
     classes_per_client: int = Field(2, ge=1, description="classes per client (pathological only)")
     min_partition_size: int = Field(10, ge=0, description="resample the Dirichlet split until every "
                                     "client has at least this many examples")
-    seed: int | None = Field(None, ge=0, description="partition seed; None = use the run seed")
+    seed: int | None = Field(None, ge=0, description="partition seed; None = the run seed (each seed "
+                             "draws its own split and its own training); an integer holds the split "
+                             "fixed across seeds so that only training varies")
+    withhold_classes: list[int] = Field(default_factory=list, description="classes no benign client "
+                                        "gets (taken out of the pool before partitioning): a coverage "
+                                        "gap by construction; works with iid, dirichlet, pathological")
+    withhold_count: int = Field(0, ge=0, description="withhold this many classes drawn with the "
+                                "partition seed (instead of withhold_classes)")
+    attacker_share: float = Field(0.0, ge=0, le=1, description="share of each withheld class's pool "
+                                  "images dealt to the attacker(s); the rest is unused")
+
+    @field_validator("withhold_classes")
+    @classmethod
+    def _classes(cls, v: list[int]) -> list[int]:
+        """Withheld classes are class indices, each named once."""
+        _unique(v, "withheld class")
+        if any(c < 0 for c in v):
+            raise PydanticCustomError("class_index", "class indices must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_withhold(self) -> "PartitionSpec":
+        """withhold_classes and withhold_count are two ways to say the same thing: one at a time."""
+        if self.withhold_classes and self.withhold_count:
+            raise _cross("partition.withhold_count", self.withhold_count,
+                         "give withhold_classes or withhold_count, not both")
+        return self
 
 
 class TrainSpec(_Spec):
@@ -153,9 +180,10 @@ class AttributionSpec(_Spec):
         "accuracy", description="utility U of the round game v_t(S) on the validation split")
     val_subset: int | None = Field(None, ge=1, description="use only this many validation "
                                    "examples for the utility; None = the whole validation split")
-    engine: Literal["auto", "batched", "naive"] = Field(
-        "auto", description="how coalition utilities are computed: batched (vectorised), naive "
-                            "(one model per coalition), auto (batched when supported)")
+    engine: str = Field(
+        "auto", min_length=1, description="how coalition utilities are computed: batched "
+        "(vectorised), naive (one model per coalition), auto (batched when supported), ... "
+        "(checked against fedattr.evaluators.ENGINES before start-up)")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for coalition evaluation "
                                     "(None = torch's default); 1 when several runs share the cores")
     evaluators: list[EvaluatorSpec] = Field(default_factory=_default_evaluators, min_length=1,
@@ -202,11 +230,25 @@ def _default_arms() -> list[ArmSpec]:
 
 
 class AggregationSpec(_Spec):
-    """[aggregation]: the server strategy that aggregates updates."""
+    """[aggregation]: the Flower strategy that aggregates updates (attribution uses its rule)."""
 
-    strategy: str = Field("fedavg", min_length=1, description="aggregator registry name (fedavg; "
-                          "robust Flower strategies such as krum, fedmedian, fedtrimmedavg)")
-    params: dict[str, Any] = Field(default_factory=dict, description="strategy parameters")
+    strategy: str = Field("fedavg", min_length=1, description="aggregator registry name: fedavg, "
+                          "fedmedian, fedtrimmedavg, krum, multikrum, bulyan (checked against the "
+                          "registry before start-up)")
+    params: dict[str, Any] = Field(default_factory=dict, description="strategy parameters, e.g. "
+                                   "beta (fedtrimmedavg), num_malicious_nodes (krum, multikrum, "
+                                   "bulyan)")
+
+
+class DetectorSpec(_Spec):
+    """One per-round detector (fedattr.defenses), by registry name."""
+
+    name: str = Field(min_length=1, description="detector registry name: krum, multikrum, norm, "
+                      "cosine_median, foolsgold, fltrust, flame (checked before start-up)")
+    params: dict[str, Any] = Field(default_factory=dict, description="detector parameters")
+    mode: Literal["observe", "filter"] = Field("observe", description="observe: record scores and "
+                                               "flags only; filter: drop flagged clients before "
+                                               "aggregation and attribution")
 
 
 class RuntimeSpec(_Spec):
@@ -217,7 +259,14 @@ class RuntimeSpec(_Spec):
     client_cpus: float = Field(1.0, gt=0, description="CPUs reserved per simulated client")
     client_gpus: float = Field(0.0, ge=0, description="GPU share reserved per simulated client")
     backend: Literal["simulation"] = Field("simulation", description="Flower runtime (simulation "
-                                           "engine; deployment comes later)")
+                                           "engine; `fedattr deploy local` runs the same scenario "
+                                           "as separate processes)")
+    min_clients: int | None = Field(None, ge=1, description="a round needs at least this many "
+                                    "valid replies, else the job is marked failed; None = all "
+                                    "num_clients")
+    round_timeout_s: float | None = Field(None, gt=0, description="seconds a round waits for "
+                                          "replies before going on with those that arrived; "
+                                          "None = wait for every node")
 
 
 class Scenario(_Spec):
@@ -227,7 +276,7 @@ class Scenario(_Spec):
     description: str = Field("", description="free text shown in the report")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="run seeds; "
                              "every arm runs once per seed; non-empty, unique, >= 0")
-    num_clients: int = Field(10, ge=2, le=64, description="number of clients (partitions)")
+    num_clients: int = Field(10, ge=2, le=256, description="number of clients (partitions)")
     attacker_ids: list[int] = Field(default_factory=lambda: [0], description="partition ids of the "
                                     "attacking clients; each in 0..num_clients-1, unique; may be "
                                     "empty")
@@ -243,6 +292,8 @@ class Scenario(_Spec):
                                 description="arms to compare; names unique")
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec,
                                          description="server aggregation strategy")
+    detectors: list[DetectorSpec] = Field(default_factory=list, description="per-round detectors; "
+                                          "names unique")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="runtime and resources")
     output_dir: str = Field("results", min_length=1, description="where result directories are "
                             "created; a relative path is relative to the current working directory")
@@ -256,6 +307,13 @@ class Scenario(_Spec):
                 raise PydanticCustomError("seed_range", "seed {value} must be in 0..2**32-1",
                                           {"value": s})
         _unique(v, "seed")
+        return v
+
+    @field_validator("detectors")
+    @classmethod
+    def _detector_names_unique(cls, v: list[DetectorSpec]) -> list[DetectorSpec]:
+        """Detector names are keys of the results: they must be unique."""
+        _unique([d.name for d in v], "detector name")
         return v
 
     @field_validator("arms")
@@ -280,6 +338,9 @@ class Scenario(_Spec):
             if arm.start_round > self.rounds:
                 raise _cross(f"arms.{k}.start_round", arm.start_round,
                              f"start_round must be <= rounds ({self.rounds})")
+        mc = self.runtime.min_clients
+        if mc is not None and mc > n:
+            raise _cross("runtime.min_clients", mc, f"must be <= num_clients ({n})")
         vs = self.attribution.val_subset
         if vs is not None and vs > self.data.val_size:
             raise _cross("attribution.val_subset", vs,

@@ -45,6 +45,11 @@ def make_evaluator(name: str, **params) -> "Evaluator":
         raise ValueError(
             f"unknown parameter(s) {', '.join(unknown)} for evaluator {name!r}; valid: {', '.join(valid) or '(none)'}"
         )
+    if "stop" in params and params["stop"] is not None:
+        from .stopping import stopping_from_config
+
+        # Scenario files give stopping rules as tables; objects pass through.
+        params = {**params, "stop": stopping_from_config(params["stop"])}
     return cls(**params)
 
 

@@ -251,3 +251,61 @@ class RankStability(StoppingRule):
 
     def __repr__(self):
         return f"RankStability(window={self.window}, min_samples={self.min_samples})"
+
+
+#: Scenario names of the stopping rules (``stop = {standard_error = 0.01, max_evaluations = 500}``).
+RULES: dict[str, type[StoppingRule]] = {
+    "max_evaluations": MaxEvaluations,
+    "max_samples": MaxSamples,
+    "max_permutations": MaxPermutations,
+    "max_time": MaxTime,
+    "standard_error": StandardError,
+    "relative_change": RelativeChange,
+    "rank_stability": RankStability,
+}
+
+
+def stopping_from_config(config) -> StoppingRule:
+    """A stopping rule from a scenario table: ``{rule = arg}`` pairs combined with ``|``.
+
+    Each value is the rule's first argument (``standard_error = 0.01``) or a table of its
+    keyword arguments (``relative_change = {tolerance = 0.05, window = 10}``). The key
+    ``combine = "all"`` combines with ``&`` instead (stop only when every rule says so).
+    A StoppingRule passes through. Anything else is a ``ValueError`` that names the problem.
+    """
+    import difflib
+    import inspect
+
+    if isinstance(config, StoppingRule):
+        return config
+    if not isinstance(config, dict) or not config:
+        raise ValueError(f"stop must be a table of stopping rules, e.g. {{standard_error = 0.01, "
+                         f"max_evaluations = 500}}; got {config!r} (rules: {', '.join(RULES)})")
+    cfg = dict(config)
+    combine = cfg.pop("combine", "any")
+    if combine not in ("any", "all"):
+        raise ValueError(f"stop.combine = {combine!r}: must be 'any' or 'all'")
+    rules = []
+    for name, arg in cfg.items():
+        if name not in RULES:
+            close = difflib.get_close_matches(name, list(RULES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"stop.{name}: unknown stopping rule (rules: {', '.join(RULES)}){hint}")
+        cls = RULES[name]
+        try:
+            if isinstance(arg, dict):
+                allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+                bad = sorted(set(arg) - set(allowed))
+                if bad:
+                    raise ValueError(f"unknown argument(s) {bad} (allowed: {', '.join(allowed)})")
+                rule = cls(**arg)
+            elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+                rule = cls(arg)
+            else:
+                raise ValueError(f"expected a number or a table of arguments, got {arg!r}")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"stop.{name}: {exc}") from None
+        rules.append(rule)
+    if len(rules) == 1:
+        return rules[0]
+    return AnyRule(*rules) if combine == "any" else AllRules(*rules)

@@ -1,8 +1,15 @@
-"""Flower strategies that aggregate and score every client every round."""
+"""The server's round: attribution around any Flower strategy, as a chain of small steps.
 
-from fedattr.strategies.attributed_fedavg import AttributedFedAvg
+``AttributedStrategy`` wraps an unmodified ``flwr.serverapp.strategy`` strategy: screen
+(``screen``) -> detectors (``detect``) -> aggregate (the wrapped strategy) -> score
+(``fedattr.attribution``) -> record (``fedattr.protocol.RoundRecord``). ``AGGREGATORS`` maps a
+scenario's ``aggregation.strategy`` to a Flower strategy and the coalition rule of its round game.
+"""
 
-#: registry name -> strategy class (robust aggregators join in later work)
-AGGREGATORS = {"fedavg": AttributedFedAvg}
+from fedattr.strategies.aggregators import AGGREGATORS, Aggregator, build_aggregator, check_aggregator
+from fedattr.strategies.attributed import AttributedStrategy
+from fedattr.strategies.detect import DetectorStep
+from fedattr.strategies.screen import Screened, check_train_reply, screen_replies
 
-__all__ = ["AGGREGATORS", "AttributedFedAvg"]
+__all__ = ["AGGREGATORS", "Aggregator", "AttributedStrategy", "DetectorStep", "Screened", "build_aggregator",
+           "check_aggregator", "check_train_reply", "screen_replies"]
