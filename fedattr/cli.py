@@ -31,6 +31,8 @@ from fedattr.scenario import (Scenario, ScenarioError, check_names, dump_resolve
 __all__ = ["app", "main"]
 
 USER_ERROR_EXIT = 2
+#: a run whose jobs (some of them) failed: its results exist but must not be taken as complete
+FAILED_JOBS_EXIT = 1
 
 app = typer.Typer(
     name="fedattr",
@@ -52,6 +54,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="Results directory (default: <output_dir>/<name>-<time>).")]
 ScenarioArg = Annotated[Path, typer.Argument(help="Scenario TOML file.", show_default=False)]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="If --out holds results of other settings, move them to superseded/ and start "
+                    "over (without it, such a directory is refused).")]
 
 
 def _out() -> Console:
@@ -178,11 +183,38 @@ def _rows_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
 
 
 def _print_summary(summary: Mapping[str, Any]) -> None:
-    """Per arm and evaluator: final accuracy, attacker value, inflation, Kendall tau."""
+    """Per arm and evaluator: final accuracy, attacker value, inflation, Kendall tau; then failures."""
     from fedattr.report import summary_rows
 
     headers, rows = summary_rows(summary)
     _out().print(_rows_table(f"{summary.get('name')}: mean ± 95% CI over seeds", headers, rows))
+    _print_failures(summary)
+
+
+def _print_failures(summary: Mapping[str, Any], where: str = "") -> None:
+    """The failures table (rejected replies, silent nodes, failed jobs), when there is any."""
+    from fedattr.report import failure_rows
+
+    headers, rows = failure_rows(summary)
+    if rows:
+        _err().print(_rows_table(f"{where}failures (rejected replies are never aggregated; failed jobs are "
+                                 "left out of every statistic)", headers, rows))
+
+
+def _failed_jobs(summary: Mapping[str, Any]) -> int:
+    """Failed jobs of a scenario or sweep summary."""
+    if summary.get("kind") == "sweep":
+        return sum(_failed_jobs(p["summary"]) for p in summary.get("points", []) if p.get("summary"))
+    return int((summary.get("jobs") or {}).get("failed") or 0)
+
+
+def _exit_if_failed(summary: Mapping[str, Any], results_dir: Path) -> None:
+    """Exit with FAILED_JOBS_EXIT when any job failed (its results are listed, not trusted)."""
+    failed = _failed_jobs(summary)
+    if failed:
+        _err().print(f"[bold red]error:[/bold red] [red]{failed} job(s) failed (see the failures table); "
+                     f"re-run the same command to retry them: {escape(str(results_dir))}[/red]")
+        raise typer.Exit(FAILED_JOBS_EXIT)
 
 
 def _print_sweep(summary: Mapping[str, Any]) -> None:
@@ -201,6 +233,9 @@ def _print_sweep(summary: Mapping[str, Any]) -> None:
         honest = point["summary"].get("honest_arm")
         table_rows += [[Path(point["dir"]).name, overrides] + r for r in rows if r[0] != honest]
     _out().print(_rows_table("sweep: mean ± 95% CI over seeds", headers, table_rows))
+    for point in summary["points"]:
+        if point.get("summary"):
+            _print_failures(point["summary"], where=f"{Path(point['dir']).name}: ")
 
 
 def _timing_line(meta: Mapping[str, Any]) -> str:
@@ -230,9 +265,12 @@ def _read_meta(path: Path) -> dict[str, Any]:
 @_user_errors
 def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: JsonOpt = False,
         no_report: Annotated[bool, typer.Option("--no-report",
-                                                help="Do not write report.md/plots.")] = False
-        ) -> None:
+                                                help="Do not write report.md/plots.")] = False,
+        force: ForceOpt = False) -> None:
     """Run a scenario: every arm on every seed, then print a summary and write the report.
+
+    Re-running into the same --out resumes (failed and unfinished jobs are run again). Exit
+    status: 0 all jobs finished, 1 some job failed, 2 bad input, 130 interrupted.
 
     Example: fedattr run scenarios/demo.toml --set seeds=[0,1,2] --out results/demo3
     """
@@ -240,7 +278,7 @@ def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: J
     launcher = _launcher()  # the launcher checks registry names and parameters itself
     with _ProgressView(_err()) as progress:
         results_dir = Path(launcher.run_scenario(sc, out_dir=out, progress=progress,
-                                               scenario_path=scenario.resolve()))
+                                                 scenario_path=scenario.resolve(), force=force))
     from fedattr.report import summarize, write_report
 
     report_path = None if no_report else write_report(results_dir)
@@ -248,6 +286,7 @@ def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: J
     if json_:
         _print_json({"results_dir": str(results_dir),
                      "report": str(report_path) if report_path else None, "summary": summary})
+        _exit_if_failed(summary, results_dir)
         return
     from fedattr.report import client_rows
 
@@ -259,6 +298,7 @@ def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: J
     con.print(_timing_line(_read_meta(results_dir / "environment.json")))
     if report_path:
         con.print(f"report: {escape(str(report_path))}")
+    _exit_if_failed(summary, results_dir)
 
 
 @app.command()
@@ -270,8 +310,8 @@ def sweep(scenario: ScenarioArg,
                    "attack.<param> sets params.<param> of every non-honest arm.")],
           set_: SetOpt = None, out: OutOpt = None, json_: JsonOpt = False,
           no_report: Annotated[bool, typer.Option("--no-report",
-                                                  help="Do not write the reports.")] = False
-          ) -> None:
+                                                  help="Do not write the reports.")] = False,
+          force: ForceOpt = False) -> None:
     """Run a scenario at every point of a grid of overrides (one Flower start-up for all).
 
     Example: fedattr sweep scenarios/core_mnist5k.toml --grid partition.alpha=0.1,0.5,1.0
@@ -283,7 +323,7 @@ def sweep(scenario: ScenarioArg,
     launcher = _launcher()
     with _ProgressView(_err()) as progress:
         sweep_dir = Path(launcher.run_sweep(sc, points=points, out_dir=out, progress=progress,
-                                          grid=grid_d))
+                                            grid=grid_d, force=force))
     from fedattr.report import summarize, write_report
 
     report_path = None if no_report else write_report(sweep_dir)
@@ -294,6 +334,7 @@ def sweep(scenario: ScenarioArg,
                      "report": str(report_path) if report_path else None,
                      "wall_s": meta.get("wall_s"), "startup_s": meta.get("startup_s"),
                      "summary": summary})
+        _exit_if_failed(summary, sweep_dir)
         return
     _print_sweep(summary)
     con = _out()
@@ -301,6 +342,7 @@ def sweep(scenario: ScenarioArg,
     con.print(_timing_line(meta))
     if report_path:
         con.print(f"report: {escape(str(report_path))}")
+    _exit_if_failed(summary, sweep_dir)
 
 
 @app.command()

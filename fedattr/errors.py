@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class DatasetUnavailableError(UserError):
     """A torchvision dataset is missing from its data directory and cannot be downloaded."""
+
+
+class DamagedResultsError(UserError):
+    """A results file that is truncated or does not validate; the message names it and the fix."""

@@ -3,8 +3,9 @@
 Layout of a scenario run ``R/`` (see README, "Outputs"):
 ``R/scenario.json``, ``R/environment.json``, ``R/plan.json`` and, per arm and seed,
 ``R/jobs/<arm>__s<seed>/rounds.jsonl`` (one record per finished round) and ``summary.json``
-(written when the job ends; its presence marks the job finished, so an interrupted run can be
-resumed without redoing it).
+(written when the job ends). A job counts as finished only when its summary is a valid
+``JobSummary`` with status ``finished`` that agrees with its rounds; a resume redoes every other
+job (failed, interrupted or damaged).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def _jsonable(obj: Any) -> Any:
@@ -68,6 +70,56 @@ def job_name(arm: str, seed: int) -> str:
     return f"{arm}__s{seed}"
 
 
+JobStatus = Literal["absent", "partial", "finished", "failed", "damaged"]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a job directory holds, after validating its files.
+
+    ``status``: ``absent`` (nothing yet), ``partial`` (rounds but no summary: interrupted or
+    running), ``finished``, ``failed`` (the server marked it so), ``damaged`` (a file that does not
+    validate, or a summary that disagrees with its rounds; ``detail`` names the file and the fix).
+    """
+
+    status: JobStatus
+    rounds: int = 0
+    detail: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True for a job the server has ended (finished or failed)."""
+        return self.status in ("finished", "failed")
+
+
+def job_state(job_dir: str | Path) -> JobState:
+    """Validate ``rounds.jsonl`` and ``summary.json`` of one job directory; never raises for bad files."""
+    from fedattr.protocol import RecordError, read_rounds, read_summary
+
+    job_dir = Path(job_dir)
+    rounds_path, summary_path = job_dir / "rounds.jsonl", job_dir / "summary.json"
+    try:
+        rounds = read_rounds(rounds_path)
+    except (RecordError, OSError, UnicodeDecodeError) as exc:
+        return JobState("damaged", 0, f"{exc}" if str(rounds_path) in str(exc) else f"{rounds_path}: {exc}")
+    if not summary_path.exists():
+        return JobState("partial" if rounds else "absent", len(rounds))
+    try:
+        summary = read_summary(summary_path)
+    except (RecordError, OSError, UnicodeDecodeError) as exc:
+        return JobState("damaged", len(rounds), f"{exc}" if str(summary_path) in str(exc) else f"{summary_path}: {exc}")
+    numbers = [r.round for r in rounds]
+    if summary.rounds_recorded != len(rounds) or numbers != list(range(1, len(rounds) + 1)):
+        return JobState("damaged", len(rounds),
+                        f"{summary_path} says {summary.rounds_recorded} rounds were recorded but {rounds_path} holds "
+                        f"rounds {numbers}; delete {job_dir} and re-run to redo the job")
+    if summary.status == "finished" and summary.rounds_recorded != summary.rounds:
+        return JobState("damaged", len(rounds),
+                        f"{summary_path} says finished after {summary.rounds_recorded} of {summary.rounds} rounds; "
+                        f"delete {job_dir} and re-run to redo the job")
+    return JobState(summary.status, len(rounds), summary.failure_reason)
+
+
 class JobRecorder:
     """Appends round records of one job and writes its summary, atomically."""
 
@@ -78,9 +130,10 @@ class JobRecorder:
         self._lines: list[str] = []
 
     def start(self) -> None:
-        """Begin a fresh job: earlier partial rounds of an unfinished job are discarded."""
+        """Begin a fresh job: the rounds and summary of an earlier unfinished or failed try are discarded."""
         self.job_dir.mkdir(parents=True, exist_ok=True)
         self._lines = []
+        self.summary_path.unlink(missing_ok=True)
         atomic_write_text(self.rounds_path, "")
 
     def append_round(self, record: dict) -> None:
@@ -94,5 +147,8 @@ class JobRecorder:
 
     @property
     def finished(self) -> bool:
-        """True when the job's summary exists."""
-        return self.summary_path.exists()
+        """True when the job's summary is valid, says ``finished`` and agrees with its rounds.
+
+        A failed, interrupted or damaged job is not finished, so a resume redoes it.
+        """
+        return job_state(self.job_dir).status == "finished"

@@ -236,7 +236,7 @@ def test_hyperparameters_of_every_arm_are_listed(reported):
 def test_summary_is_json_and_matches_the_tables(run_dir):
     summary = summarize(run_dir)
     json.dumps(summary, allow_nan=False)
-    assert summary["kind"] == "scenario" and summary["jobs"] == {"found": 4, "finished": 4,
+    assert summary["kind"] == "scenario" and summary["jobs"] == {"found": 4, "finished": 4, "failed": 0,
                                                                  "expected": 4}
     st = summary["attacker"]["attack"]["shapley"]["0"]
     assert st["value"]["n"] == 2

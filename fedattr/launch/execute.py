@@ -2,7 +2,7 @@
 
 This is what ``fedattr run`` and ``fedattr sweep`` call. A run or a whole sweep is ONE Flower
 simulation (see :mod:`fedattr.launch.simulation`); re-running into an existing results directory
-resumes it.
+resumes it. The directory is owned for the run's duration (:mod:`fedattr.launch.ownership`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 
 from fedattr.errors import UserError
 from fedattr.launch.generator import train_generator
+from fedattr.launch.ownership import check_resume, own_results_dir
 from fedattr.launch.simulation import Progress, execute_plan
 from fedattr.plan import default_cache_dir, default_results_dir, scenario_jobs, write_plan
-from fedattr.preflight import check_registries, registries
-from fedattr.results import atomic_write_json
+from fedattr.preflight import check_out_dir, check_scenario, registries
+from fedattr.results import atomic_write_json, job_state
 
 
 def _environment(command: str) -> dict[str, Any]:
@@ -43,62 +44,94 @@ def _finish_environment(results_dir: Path, env: dict[str, Any], timings: dict[st
     atomic_write_json(results_dir / "environment.json", env)
 
 
+def _damaged(jobs: list[dict[str, Any]]) -> None:
+    """Refuse to resume over a damaged job file; clear failed jobs' summaries so they are redone."""
+    for j in jobs:
+        state = job_state(j["dir"])
+        if state.status == "damaged":
+            raise UserError(f"cannot resume: damaged results file: {state.detail}")
+        if state.status == "failed":
+            summary = Path(j["dir"]) / "summary.json"
+            summary.replace(summary.with_name("summary.failed.json"))
+
+
+def _results_dir(scenario: Any, out_dir: str | Path | None, suffix: str = "") -> Path:
+    if out_dir:
+        return check_out_dir(out_dir)
+    default = default_results_dir(scenario)
+    return check_out_dir(default.with_name(default.name + suffix))
+
+
 def run_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Progress | None = None,
-                 scenario_path: str | Path | None = None) -> Path:
+                 scenario_path: str | Path | None = None, force: bool = False) -> Path:
     """Run every arm and seed of ``scenario`` in one Flower simulation; return the results directory.
 
-    Re-running into an existing results directory resumes: finished jobs are kept.
+    Re-running into an existing results directory resumes it: finished jobs are kept, failed and
+    unfinished ones are run again. A directory of other settings is refused unless ``force``
+    (then its old results move to ``superseded/``). Every check that can fail before start-up
+    runs first (:func:`fedattr.preflight.check_scenario`).
     """
-    check_registries(scenario)
-    results_dir = Path(out_dir).expanduser().resolve() if out_dir else default_results_dir(scenario)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc).isoformat()
-    atomic_write_json(results_dir / "scenario.json", scenario.model_dump(mode="json"))
-    env = _environment(" ".join(sys.argv))
-    env["seeds"] = list(scenario.seeds)
-    env["scenario_path"] = str(Path(scenario_path).resolve()) if scenario_path else None
-    jobs = scenario_jobs(scenario, results_dir, default_cache_dir())
-    plan_path = write_plan(results_dir / "plan.json", jobs, scenario.num_clients)
-    timings = execute_plan(plan_path, jobs, scenario.num_clients, scenario.runtime, results_dir / "logs", progress)
-    _finish_environment(results_dir, env, timings, started)
+    check_scenario(scenario)
+    results_dir = _results_dir(scenario, out_dir)
+    resolved = scenario.model_dump(mode="json")
+    with own_results_dir(results_dir) as tag:
+        check_resume(results_dir, {"scenario.json": resolved}, force)
+        started = datetime.now(timezone.utc).isoformat()
+        atomic_write_json(results_dir / "scenario.json", resolved)
+        env = _environment(" ".join(sys.argv))
+        env["seeds"] = list(scenario.seeds)
+        env["scenario_path"] = str(Path(scenario_path).resolve()) if scenario_path else None
+        jobs = scenario_jobs(scenario, results_dir, default_cache_dir())
+        _damaged(jobs)
+        plan_path = write_plan(results_dir / "plan.json", jobs, scenario.num_clients)
+        timings = execute_plan(plan_path, jobs, scenario.num_clients, scenario.runtime, results_dir / "logs",
+                               progress, tag=tag)
+        _finish_environment(results_dir, env, timings, started)
     return results_dir
 
 
 def run_sweep(scenario: Any, points: list[tuple[dict[str, str], Any]], out_dir: str | Path | None = None,
-              progress: Progress | None = None, grid: dict[str, list[str]] | None = None) -> Path:
+              progress: Progress | None = None, grid: dict[str, list[str]] | None = None,
+              force: bool = False) -> Path:
     """Run every grid point of a sweep in ONE Flower simulation (start-up paid once)."""
     if not points:
         raise UserError("the sweep grid is empty")
     sizes = {p.num_clients for _, p in points}
     if len(sizes) != 1:
         raise UserError(f"a sweep runs on one set of nodes: every point needs the same num_clients, got {sorted(sizes)}")
-    for _, p in points:
-        check_registries(p)
-    sweep_dir = (Path(out_dir).expanduser().resolve() if out_dir
-                 else default_results_dir(scenario).with_name(default_results_dir(scenario).name + "-sweep"))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc).isoformat()
-    cache = default_cache_dir()
-    jobs, entries = [], []
-    for i, (overrides, point) in enumerate(points):
-        pdir = sweep_dir / "points" / f"p{i:03d}"
-        pdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(pdir / "scenario.json", point.model_dump(mode="json"))
-        jobs += scenario_jobs(point, pdir, cache)
-        entries.append({"overrides": overrides, "dir": f"points/p{i:03d}"})
-    plan_path = write_plan(sweep_dir / "plan.json", jobs, sizes.pop())
-    # Written first so that an interrupted sweep can still be reported from what it finished.
-    atomic_write_json(sweep_dir / "sweep.json", {"grid": grid or {}, "points": entries, "wall_s": None,
-                                                 "startup_s": None, "jobs": len(jobs), "started": started})
-    timings = execute_plan(plan_path, jobs, points[0][1].num_clients, scenario.runtime, sweep_dir / "logs", progress)
-    env = _environment(" ".join(sys.argv))
-    for e, (_, point) in zip(entries, points):
-        _finish_environment(sweep_dir / e["dir"], dict(env, seeds=list(point.seeds)), timings, started)
-    atomic_write_json(sweep_dir / "sweep.json", {
-        "grid": grid or {}, "points": entries, "wall_s": timings["wall_s"], "startup_s": timings["startup_s"],
-        "jobs": len(jobs), "started": started, "finished": datetime.now(timezone.utc).isoformat(),
-    })
-    atomic_write_json(sweep_dir / "environment.json", dict(env, **timings))
+    for i, (overrides, p) in enumerate(points):
+        try:
+            check_scenario(p, data=i == 0 or p.data != points[0][1].data or p.partition != points[0][1].partition)
+        except UserError as exc:
+            where = ", ".join(f"{k}={v}" for k, v in overrides.items())
+            raise UserError(f"sweep point {i} ({where}): {exc}") from None
+    sweep_dir = _results_dir(scenario, out_dir, suffix="-sweep")
+    resolved = {f"points/p{i:03d}/scenario.json": point.model_dump(mode="json") for i, (_, point) in enumerate(points)}
+    with own_results_dir(sweep_dir) as tag:
+        check_resume(sweep_dir, resolved, force)
+        started = datetime.now(timezone.utc).isoformat()
+        jobs, entries = [], []
+        for i, (overrides, point) in enumerate(points):
+            pdir = sweep_dir / "points" / f"p{i:03d}"
+            pdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(pdir / "scenario.json", point.model_dump(mode="json"))
+            jobs += scenario_jobs(point, pdir, default_cache_dir())
+            entries.append({"overrides": overrides, "dir": f"points/p{i:03d}"})
+        _damaged(jobs)
+        plan_path = write_plan(sweep_dir / "plan.json", jobs, sizes.pop())
+        # Written first so that an interrupted sweep can still be reported from what it finished.
+        atomic_write_json(sweep_dir / "sweep.json", {"grid": grid or {}, "points": entries, "wall_s": None,
+                                                     "startup_s": None, "jobs": len(jobs), "started": started})
+        timings = execute_plan(plan_path, jobs, points[0][1].num_clients, scenario.runtime, sweep_dir / "logs",
+                               progress, tag=tag)
+        env = _environment(" ".join(sys.argv))
+        for e, (_, point) in zip(entries, points):
+            _finish_environment(sweep_dir / e["dir"], dict(env, seeds=list(point.seeds)), timings, started)
+        atomic_write_json(sweep_dir / "sweep.json", {
+            "grid": grid or {}, "points": entries, "wall_s": timings["wall_s"], "startup_s": timings["startup_s"],
+            "jobs": len(jobs), "started": started, "finished": datetime.now(timezone.utc).isoformat(),
+        })
+        atomic_write_json(sweep_dir / "environment.json", dict(env, **timings))
     return sweep_dir
 
 

@@ -7,6 +7,7 @@ the jobs' ``rounds.jsonl``, and ends the SuperLink's whole process family by PID
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -19,17 +20,21 @@ from typing import Any, Callable, Iterator
 from fedattr.errors import UserError
 from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_processes, free_port,
                                       project_root, tagged_env)
-from fedattr.results import read_jsonl
+from fedattr.results import job_state, read_jsonl
 
 Progress = Callable[[dict[str, Any]], None]
 
 
 @contextmanager
-def simulation_superlink(flwr_home: Path, log_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """Start a simulation SuperLink on a free loopback port; yield (connection name, env); end it by PID."""
+def simulation_superlink(flwr_home: Path, log_path: Path,
+                         tag: str | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+    """Start a simulation SuperLink on a free loopback port; yield (connection name, env); end it by PID.
+
+    ``tag`` marks every process of the launch (a fresh one when None).
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    tag = uuid.uuid4().hex
+    tag = tag or uuid.uuid4().hex
     env = tagged_env(tag, flwr_home)
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "fedattr"\n\n[superlink.fedattr]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -64,13 +69,26 @@ def _emit(progress: Progress | None, event: dict[str, Any]) -> None:
         progress(event)
 
 
+def _done(job: dict[str, Any]) -> bool:
+    """The job's summary is valid (finished or failed): the ServerApp has moved past it."""
+    return job_state(job["dir"]).done
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return job_state(job["dir"]).status == "finished"
+
+
 def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, runtime: Any, work_dir: Path,
-                 progress: Progress | None = None) -> dict[str, float]:
-    """Run every job of a plan in ONE ``flwr run``; return timings (wall, start-up)."""
+                 progress: Progress | None = None, tag: str | None = None) -> dict[str, float]:
+    """Run every unfinished job of a plan in ONE ``flwr run``; return timings (wall, start-up).
+
+    Jobs that failed earlier are run again; ``tag`` marks every process started (see
+    :func:`fedattr.launch.ownership.own_results_dir`).
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     flwr_log = work_dir / "flwr.log"
     t0 = time.perf_counter()
-    todo = [j for j in jobs if not (Path(j["dir"]) / "summary.json").exists()]
+    todo = [j for j in jobs if not _finished(j)]
     if not todo:
         _emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
         return {"wall_s": 0.0, "startup_s": 0.0}
@@ -81,7 +99,7 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
     # SIGTERM/SIGHUP would end this process without running the cleanup below.
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _execute(plan_path, jobs, num_clients, fed_cfg, work_dir, flwr_log, t0, progress)
+        return _execute(plan_path, todo, num_clients, fed_cfg, work_dir, flwr_log, t0, progress, tag)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -92,25 +110,30 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_cfg: str, work_dir: Path,
-             flwr_log: Path, t0: float, progress: Progress | None) -> dict[str, float]:
+             flwr_log: Path, t0: float, progress: Progress | None, tag: str | None) -> dict[str, float]:
     first_round_at: float | None = None
-    with simulation_superlink(work_dir / "flwr_home", work_dir / "superlink.log") as (conn, env):
+    log_start = flwr_log.stat().st_size if flwr_log.exists() else 0
+    with simulation_superlink(work_dir / "flwr_home", work_dir / "superlink.log", tag) as (conn, env):
         cmd = [bin_path("flwr"), "run", str(project_root()), conn, "--run-config", f"plan='{plan_path}'",
                "--federation-config", fed_cfg, "--stream"]
         _emit(progress, {"event": "log", "message": f"flwr run: {' '.join(cmd)}"})
         with open(flwr_log, "ab") as fh:
             proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
             seen: dict[str, int] = {}
-            # Jobs finished by an earlier, interrupted launch say nothing about this start-up.
-            pending = {j["spec"]["job_id"] for j in jobs if not (Path(j["dir"]) / "summary.json").exists()}
+            # Only jobs of this launch are followed: finished ones say nothing about this start-up.
+            pending = {j["spec"]["job_id"] for j in jobs}
+            ended: set[str] = set()
             try:
                 while proc.poll() is None:
                     time.sleep(1.0)
-                    done = sum((Path(j["dir"]) / "summary.json").exists() for j in jobs)
+                    for j in jobs:
+                        if j["spec"]["job_id"] not in ended and _done(j):
+                            ended.add(j["spec"]["job_id"])
+                    done = len(ended)
                     for j in jobs:
                         d = Path(j["dir"])
-                        n_rounds = len(read_jsonl(d / "rounds.jsonl"))
-                        finished = (d / "summary.json").exists()
+                        n_rounds = _count_lines(d / "rounds.jsonl")
+                        finished = j["spec"]["job_id"] in ended
                         key = j["spec"]["job_id"]
                         if n_rounds and first_round_at is None and key in pending:
                             first_round_at = time.perf_counter()
@@ -131,14 +154,48 @@ def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_
             finally:
                 if proc.poll() is None:
                     end_process_group(proc)
-    missing = [j["spec"]["job_id"] for j in jobs if not (Path(j["dir"]) / "summary.json").exists()]
+    missing = [j["spec"]["job_id"] for j in jobs if not _done(j)]
     if missing:
-        tail = flwr_log.read_text(errors="replace")[-3000:] if flwr_log.exists() else ""
-        raise UserError(f"the Flower run ended without finishing {len(missing)} job(s) ({missing[:3]}...); "
-                        f"full log: {flwr_log}\n--- last lines ---\n{tail}")
+        cause = run_error_cause(flwr_log, log_start) or "no error line found in the log"
+        raise UserError(f"the Flower run ended without finishing {len(missing)} job(s) "
+                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): {cause}; "
+                        f"full log: {flwr_log}")
     wall = time.perf_counter() - t0
     first_pending = [j for j in jobs if j["spec"]["job_id"] in pending] or jobs
     return {"wall_s": wall, "startup_s": startup_seconds(first_pending, first_round_at, t0, wall)}
+
+
+def _count_lines(path: Path) -> int:
+    """Round records written so far (the file is rewritten atomically, so lines are whole)."""
+    try:
+        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError):
+        return 0
+
+
+#: a Python exception line as Flower's logs print it, e.g. ``ValueError: ...`` or ``fedattr.errors.UserError: ...``
+_EXC_LINE = re.compile(r"\b((?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)):\s*(.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_error_cause(log_path: Path, start: int = 0) -> str | None:
+    """The last exception line (``Type: message``) the run wrote to ``log_path`` after byte ``start``.
+
+    A ServerApp that fails prints its traceback into the streamed ``flwr run`` log; its last
+    exception line is the real cause (a ``UserError``'s one-line message, say).
+    """
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(start)
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    found = None
+    for line in text.splitlines():
+        m = _EXC_LINE.search(_ANSI.sub("", line))
+        if m and not m.group(2).startswith("Traceback"):
+            found = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+    return found
 
 
 def startup_seconds(jobs: list[dict[str, Any]], first_round_at: float | None, t0: float, wall: float) -> float:
@@ -158,4 +215,4 @@ def startup_seconds(jobs: list[dict[str, Any]], first_round_at: float | None, t0
     return max(0.0, first_round_at - t0 - own_work)
 
 
-__all__ = ["simulation_superlink", "execute_plan", "startup_seconds"]
+__all__ = ["simulation_superlink", "execute_plan", "startup_seconds", "run_error_cause"]

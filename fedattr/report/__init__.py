@@ -17,7 +17,7 @@ from fedattr.report.markdown import scenario_markdown, sweep_markdown
 from fedattr.report.plots import scenario_plots, sweep_plot
 from fedattr.report.reader import JobResult, ScenarioResults, is_sweep, load_results, sweep_meta
 from fedattr.report.stats import MeanCI, fmt_ci, fmt_num, kendall_between, mean_ci
-from fedattr.report.summary import client_rows, scenario_summary, summarize, summary_rows
+from fedattr.report.summary import client_rows, failure_rows, scenario_summary, summarize, summary_rows
 from fedattr.results import atomic_write_text
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "summarize",
     "summary_rows",
     "client_rows",
+    "failure_rows",
     "write_report",
     "markdown_to_html",
 ]
@@ -47,7 +48,7 @@ def _write(path: Path, md: str, title: str) -> Path:
 def _write_scenario_report(path: Path) -> Path:
     """Tables, plots and report files of one scenario directory."""
     res = load_results(path)
-    if not res.jobs:
+    if not res.jobs and not res.failed:
         raise UserError(f"no job results under {path / 'jobs'} yet: nothing to report")
     summary = scenario_summary(res)
     plots = scenario_plots(res, path / "plots")

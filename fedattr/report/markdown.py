@@ -10,7 +10,7 @@ from typing import Any
 
 from fedattr.report.reader import ScenarioResults
 from fedattr.report.stats import as_float, ci_from, fmt_ci
-from fedattr.report.summary import arm_attack, inflation_difference, paired_accuracy
+from fedattr.report.summary import arm_attack, failure_rows, inflation_difference, paired_accuracy
 from fedattr.scenario import HONEST_ATTACK, ScenarioError, scenario_from_dict
 
 __all__ = ["scenario_markdown", "sweep_markdown", "md_table"]
@@ -76,10 +76,18 @@ def scenario_markdown(res: ScenarioResults, summary: Mapping[str, Any],
            f"honest reference arm: {res.honest_arm or 'none'}",
            f"- jobs: {jobs['finished']} finished of {jobs['expected']} planned"
            + (f" ({jobs['found'] - jobs['finished']} unfinished, reported from their last round)"
-              if jobs["found"] > jobs["finished"] else ""),
+              if jobs["found"] > jobs["finished"] else "")
+           + (f"; **{jobs['failed']} failed** (left out of every statistic; see Failures)"
+              if jobs.get("failed") else ""),
            "- every entry: mean ± 95% confidence half-width (t-distribution) over seeds; "
            "`(n=1)` marks a single seed; `—` means not available", ""]
     md += ["## Environment", ""] + _environment_lines(res.environment)
+
+    md += ["## Failures", "",
+           "Replies the server rejected (never aggregated), nodes that sent no reply, and failed jobs "
+           "(fewer valid clients than the scenario's minimum), with the rounds they happened in.", ""]
+    headers, rows = failure_rows(summary)
+    md += md_table(headers, rows) if rows else ["None: every client replied validly in every round.", ""]
 
     md += ["## Final test accuracy", "",
            f"Δ: the arm's final accuracy minus the honest arm's (`{res.honest_arm}`), same seed.", ""]

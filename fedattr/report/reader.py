@@ -1,7 +1,10 @@
 """The results reader: a scenario results directory as typed job results.
 
 Reads ``scenario.json``, ``environment.json`` and ``jobs/<arm>__s<seed>/{rounds.jsonl,summary.json}``.
-A job without ``summary.json`` (an interrupted run) is reported from its last round record.
+Every job file is validated first (:func:`fedattr.results.job_state`, through the typed records of
+:mod:`fedattr.protocol`): a truncated or invalid file is one :class:`~fedattr.errors.UserError`
+naming it and what to do. A job without ``summary.json`` (an interrupted run) is reported from its
+last round record; a failed job is listed with its reason and left out of every statistic.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedattr.errors import UserError
+from fedattr.errors import DamagedResultsError, UserError
 from fedattr.report.stats import as_float
+from fedattr.results import job_state
 from fedattr.scenario import HONEST_ATTACK
 
 __all__ = ["JobResult", "ScenarioResults", "load_results", "pid_key", "is_sweep", "sweep_meta"]
@@ -29,19 +33,10 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 
 def _read_rounds(path: Path) -> list[dict[str, Any]]:
-    """Round records of one job, sorted by round; unparsable lines are skipped."""
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+    """Round records of one job (already validated), sorted by round."""
+    if not path.exists():
         return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return sorted(records, key=lambda r: as_float(r.get("round")))
 
 
@@ -70,9 +65,30 @@ class JobResult:
         return {}
 
     @property
+    def status(self) -> str:
+        """``finished``, ``failed`` (set by the server) or ``partial`` (no summary yet)."""
+        return str(self.summary.get("status", "finished")) if self.summary else "partial"
+
+    @property
     def finished(self) -> bool:
-        """True when the job wrote its summary."""
-        return bool(self.summary)
+        """True when the job wrote a summary that says finished."""
+        return self.status == "finished"
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every rejected reply and missing client of every round: ``round``, ``partition_id``,
+        ``node_id``, ``reason``; plus one row for the job itself when it failed."""
+        rows = []
+        for rec in self.rounds:
+            for rej in rec.get("rejected") or []:
+                rows.append({"round": rec.get("round"), "partition_id": rej.get("partition_id"),
+                             "node_id": rej.get("node_id"), "reason": str(rej.get("reason", "?"))})
+            if rec.get("missing"):
+                rows.append({"round": rec.get("round"), "partition_id": None, "node_id": None,
+                             "reason": f"{rec['missing']} node(s) sent no reply"})
+        if self.status == "failed":
+            rows.append({"round": None, "partition_id": None, "node_id": None,
+                         "reason": "job failed: " + str(self.summary.get("failure_reason") or "no reason recorded")})
+        return rows
 
     def accuracy_curve(self) -> dict[int, float]:
         """Test accuracy by round (round 0 = the initial model, when recorded)."""
@@ -143,6 +159,7 @@ class ScenarioResults:
     scenario: dict[str, Any]
     environment: dict[str, Any]
     jobs: dict[tuple[str, int], JobResult]
+    failed: list[JobResult] = field(default_factory=list)
     arms: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     evaluators: list[str] = field(default_factory=list)
@@ -171,7 +188,12 @@ def _ordered(preferred: Sequence[Any], seen: Iterable[Any]) -> list[Any]:
 
 
 def _load_job(job_dir: Path) -> JobResult | None:
-    """One job directory, or None when it holds nothing readable."""
+    """One job directory, or None when it holds nothing yet; UserError when a file is damaged."""
+    state = job_state(job_dir)
+    if state.status == "damaged":
+        raise DamagedResultsError(f"damaged results file: {state.detail}")
+    if state.status == "absent":
+        return None
     rounds = _read_rounds(job_dir / "rounds.jsonl")
     summary = _read_json(job_dir / "summary.json", {}) or {}
     if not rounds and not summary:
@@ -195,9 +217,12 @@ def load_results(results_dir: str | Path) -> ScenarioResults:
         raise UserError(f"not a scenario results directory (no readable scenario.json): {path}")
     environment = _read_json(path / "environment.json", {}) or {}
     jobs: dict[tuple[str, int], JobResult] = {}
+    failed: list[JobResult] = []
     for job_dir in sorted((path / "jobs").glob("*")) if (path / "jobs").is_dir() else []:
         job = _load_job(job_dir) if job_dir.is_dir() else None
-        if job is not None:
+        if job is not None and job.status == "failed":
+            failed.append(job)  # its numbers cannot be used; it is listed with its reason
+        elif job is not None:
             jobs[(job.arm, job.seed)] = job
     arm_specs = scenario.get("arms") or []
     arms = _ordered([a.get("name") for a in arm_specs], [a for a, _ in jobs])
@@ -211,7 +236,7 @@ def load_results(results_dir: str | Path) -> ScenarioResults:
     if attackers is None:
         attackers = next((j.summary.get("attacker_ids") for j in jobs.values()
                           if j.summary.get("attacker_ids") is not None), [])
-    return ScenarioResults(path=path, scenario=scenario, environment=environment, jobs=jobs,
+    return ScenarioResults(path=path, scenario=scenario, environment=environment, jobs=jobs, failed=failed,
                            arms=arms, seeds=seeds, evaluators=_ordered(ev_cfg, ev_seen),
                            attacker_ids=[str(a) for a in attackers], honest_arm=honest)
 

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedattr.errors import UserError
+from fedattr.errors import DamagedResultsError, UserError
 from fedattr.report.reader import ScenarioResults, is_sweep, load_results, pid_key, sweep_meta
 from fedattr.report.stats import MeanCI, ci_from, fmt_ci, fmt_num, kendall_between, mean_ci
 from fedattr.scenario import HONEST_ATTACK
 
-__all__ = ["summarize", "scenario_summary", "summary_rows", "client_rows", "arm_attack", "paired_accuracy",
+__all__ = ["summarize", "scenario_summary", "summary_rows", "failures", "failure_rows", "client_rows", "arm_attack", "paired_accuracy",
            "inflation_difference", "kendall_ci"]
 
 
@@ -85,8 +85,10 @@ def scenario_summary(res: ScenarioResults) -> dict[str, Any]:
         "arms": res.arms, "honest_arm": res.honest_arm, "seeds": res.seeds,
         "evaluators": res.evaluators, "attacker_ids": res.attacker_ids,
         "jobs": {"found": len(res.jobs), "finished": sum(j.finished for j in res.jobs.values()),
+                 "failed": len(res.failed),
                  "expected": len(res.scenario.get("arms") or []) * len(res.scenario.get("seeds")
                                                                       or [])},
+        "failures": failures(res),
         "wall_s": env.get("wall_s"), "startup_s": env.get("startup_s"),
         "final_accuracy": {}, "attacker": {}, "kendall_tau": {},
     }
@@ -131,11 +133,40 @@ def summarize(results_dir: str | Path) -> dict[str, Any]:
         entry = {"overrides": point.get("overrides", {}), "dir": str(point.get("dir"))}
         try:
             entry["summary"] = scenario_summary(load_results(pdir))
+        except DamagedResultsError:
+            raise
         except UserError as exc:
             entry["summary"], entry["error"] = None, str(exc)
         points.append(entry)
     return {"kind": "sweep", "dir": str(path), "grid": meta.get("grid", {}), "points": points,
             "wall_s": meta.get("wall_s"), "startup_s": meta.get("startup_s")}
+
+
+def failures(res: ScenarioResults) -> list[dict[str, Any]]:
+    """Every failure of every job (rejected replies, silent nodes, failed jobs), grouped.
+
+    One entry per (arm, seed, partition id, reason) with the rounds it happened in; a failed
+    job's entries come first. Failed jobs are left out of every statistic, so this is the only
+    place their numbers show.
+    """
+    grouped: dict[tuple, dict[str, Any]] = {}
+    jobs = sorted(res.failed, key=lambda j: (j.arm, j.seed)) + [res.jobs[k] for k in sorted(res.jobs)]
+    for job in jobs:
+        for row in job.failures():
+            key = (job.arm, job.seed, row["partition_id"], row["reason"])
+            entry = grouped.setdefault(key, {"arm": job.arm, "seed": job.seed, "status": job.status,
+                                             "partition_id": row["partition_id"], "node_id": row["node_id"],
+                                             "reason": row["reason"], "rounds": []})
+            if row["round"] is not None:
+                entry["rounds"].append(row["round"])
+    return list(grouped.values())
+
+
+def failure_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the failures table (``fedattr run`` and the report print it)."""
+    rows = [[f["arm"], str(f["seed"]), f["status"], "—" if f["partition_id"] is None else str(f["partition_id"]),
+             ", ".join(map(str, f["rounds"])) or "—", f["reason"]] for f in summary.get("failures") or []]
+    return ["arm", "seed", "job status", "client", "rounds", "reason"], rows
 
 
 def summary_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
