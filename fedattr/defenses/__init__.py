@@ -24,4 +24,4 @@ __all__ = [
 ]
 
 # Registration side effects: every detector module adds itself to DETECTORS.
-from . import cosine, flame, fltrust, foolsgold, krum, norm  # noqa: E402,F401
+from . import cosine, flame, fltrust, foolsgold, krum, norm, robust_scoring  # noqa: E402,F401
