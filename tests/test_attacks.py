@@ -283,8 +283,9 @@ def test_real_injection_adds_the_stated_count_of_aux_images(name, splits, local,
     attack = make_attack(name, synthetic_fraction=0.25, **params)
     ctx = make_ctx(global_model, local, splits)
     x, y = attack.training_data(ctx, *local)
-    extra_x, extra_y = x[120:], y[120:]
-    assert len(y) == 120 + 30 and ctx.metrics["synthetic_count"] == 30
+    assert x is local[0] and y is local[1]  # the real data is untouched: the extras ride along
+    extra_x, extra_y = attack.extra_data(ctx)
+    assert len(extra_y) == 30 and ctx.metrics["synthetic_count"] == 30
     targets = ctx.info["target_classes"]
     assert len(targets) == 3 and set(extra_y.tolist()) == set(targets)
     assert torch.bincount(extra_y, minlength=10)[targets].tolist() == [10, 10, 10]
@@ -293,6 +294,8 @@ def test_real_injection_adds_the_stated_count_of_aux_images(name, splits, local,
         assert targets == UNSEEN
     r = run_attacker_round(attack, make_ctx(global_model, local, splits))
     assert r.num_examples == 120 and r.metrics["train_count"] == 150
+    # Same real minibatches, same number of steps as the honest counterfactual.
+    assert r.metrics["train_steps"] == r.metrics["honest_train_steps"] == 4
 
 
 # --- the synthetic attacks -------------------------------------------------------------------------

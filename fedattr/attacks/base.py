@@ -1,10 +1,12 @@
 """The attacker's round: what it can see (AttackContext), the three hooks an attack overrides, the driver.
 
-An attack changes one or more of: the data it trains on (``training_data``), the minibatch order
-(``train_seed``), the weights it sends (``transform_state``) and the example count it reports
-(``reported_num_examples``). ``run_attacker_round`` always also trains the honest update (the
-testbed's counterfactual, and the reference for norm matching) and checks that the reply has the
-exact shape of a benign one.
+An attack changes one or more of: the data it trains on (``training_data``), extra images that
+ride along with its real minibatches (``extra_data``), the minibatch order (``train_seed``), the
+weights it sends (``transform_state``) and the example count it reports
+(``reported_num_examples``). Extra images never change the real minibatches, their order or the
+number of steps, so the honest counterfactual differs from the attacked run by the extras alone.
+``run_attacker_round`` always also trains the honest update (the testbed's counterfactual, and the
+reference for norm matching) and checks that the reply has the exact shape of a benign one.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ class Attack:
         """The (images, labels) to train on; returning the inputs unchanged means honest data."""
         return x, y
 
+    def extra_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Extra (images, labels) added to the real minibatches, spread evenly over the steps; None = none."""
+        return None
+
     def train_seed(self, ctx: AttackContext, seed: int) -> int:
         """The seed of the minibatch order."""
         return seed
@@ -164,16 +170,21 @@ def run_attacker_round(
     ctx.info.clear()
     if not active:
         sent, num_examples, loss, n_train = {k: v.clone() for k, v in w_honest.items()}, n_local, honest_stats["loss"], n_local
+        steps = honest_stats["steps"]
     else:
         x, y = attack.training_data(ctx, ctx.x_local, ctx.y_local)
+        extra = attack.extra_data(ctx)
+        n_extra = 0 if extra is None else len(extra[1])
         seed = attack.train_seed(ctx, ctx.seed)
-        n_train = len(y)
-        if x is ctx.x_local and y is ctx.y_local and seed == ctx.seed:
+        n_train = len(y) + n_extra
+        if x is ctx.x_local and y is ctx.y_local and seed == ctx.seed and n_extra == 0:
             # Same data, same order: the honest run already is this run (and equals it bit for bit).
-            w_attacked, loss = {k: v.clone() for k, v in w_honest.items()}, honest_stats["loss"]
+            w_attacked, loss, steps = {k: v.clone() for k, v in w_honest.items()}, honest_stats["loss"], honest_stats["steps"]
         else:
             model = copy.deepcopy(ctx.global_model)
-            loss = train_local(model, x, y, seed=seed, device=device, **kw)["loss"]
+            ex, ey = extra if n_extra else (None, None)
+            stats = train_local(model, x, y, seed=seed, device=device, extra_x=ex, extra_y=ey, **kw)
+            loss, steps = stats["loss"], stats["steps"]
             w_attacked = cpu_state(model)
             del model
         sent = attack.transform_state(ctx, w_t, w_attacked, w_honest)
@@ -187,6 +198,8 @@ def run_attacker_round(
         "reported_count": float(num_examples),
         "train_loss": float(loss),
         "honest_train_loss": float(honest_stats["loss"]),
+        "train_steps": float(steps),
+        "honest_train_steps": float(honest_stats["steps"]),
         "update_norm": float(g.norm()),
         "honest_update_norm": float(g_h.norm()),
         "cosine_to_honest": _cosine(g, g_h),

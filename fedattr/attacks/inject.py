@@ -32,6 +32,9 @@ def spread_labels(targets: list[int], n: int) -> torch.Tensor:
 class InjectionAttack(Attack):
     """Base of the injection attacks: local data plus round(synthetic_fraction * n_local) extra images.
 
+    The extra images ride along with the real minibatches (``extra_data``): the real data, its
+    order and the step count stay those of the honest run.
+
     By default it reports only its local count (the extra images stay hidden); ``count_synthetic``
     reports local + extra. ``match_norm`` rescales the sent update to the honest update's L2 norm
     (over float entries) and copies integer buffers from the honest weights, so norm- and
@@ -90,7 +93,8 @@ class InjectionAttack(Attack):
         ctx.info.update(info)
         return made
 
-    def training_data(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def extra_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This round's batch, riding along with the real minibatches (see ``train_local``)."""
         made = self.batch(ctx)
         ctx.metrics["synthetic_count"] = float(len(made.y))
         ctx.metrics.update(made.diagnostics)
@@ -99,8 +103,8 @@ class InjectionAttack(Attack):
         if "coverage_upper_bound" in ctx.info:
             ctx.metrics["coverage_is_oracle"] = float(ctx.info["coverage_upper_bound"])
         if len(made.y) == 0:
-            return x, y
-        return torch.cat([x, made.x.to(x.device, x.dtype)]), torch.cat([y, made.y.to(y.device, y.dtype)])
+            return None
+        return made.x.to(ctx.x_local.device, ctx.x_local.dtype), made.y.to(ctx.y_local.device, ctx.y_local.dtype)
 
     def transform_state(self, ctx: AttackContext, w_t: StateDict, w_attacked: StateDict, w_honest: StateDict) -> StateDict:
         if not self.match_norm:
