@@ -210,7 +210,7 @@ def test_registry_errors():
         validate_detector("krum", {"f": -1}, 8)
     with pytest.raises(ValueError, match="threshold must be > 0"):
         validate_detector("cosine_median", {"threshold": 0}, 8)
-    with pytest.raises(ValueError, match="root_size"):
+    with pytest.raises(ValueError, match="unknown parameter 'root_size'"):
         validate_detector("fltrust", {"root_size": 0}, 8)
     with pytest.raises(ValueError, match="unknown detector"):
         validate_detector("bulyan_x", {}, 8)

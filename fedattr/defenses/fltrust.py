@@ -15,35 +15,14 @@ class FLTrust(Detector):
     trust 0 is flagged. Scores are the trust scores (lower = more suspicious); ``info`` also has
     FLTrust's aggregation coefficients ``TS_i ||g_0|| / ||g_i||`` normalised by the trust sum.
 
-    The root-set parameters are read by the round pipeline, which builds ``g_0`` each round.
-
-    Parameters
-    ----------
-    root_size : int
-        Examples in the root set, taken from the validation split.
-    epochs, batch_size, lr : int, int, float
-        Local training of the server's update on the root set.
-    seed : int
-        Seed of the root-set draw and its minibatch order.
+    The round pipeline builds ``g_0`` each round (root set from the validation split, the
+    clients' local-training settings); the detector has no parameters.
     """
 
     needs_reference_update = True
 
-    def __init__(self, root_size: int = 100, epochs: int = 1, batch_size: int = 32, lr: float = 0.05, seed: int = 0):
-        self.root_size = root_size
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-
-    @classmethod
-    def check_params(cls, params, num_clients):
-        for key in ("root_size", "epochs", "batch_size"):
-            v = params.get(key, 1)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"detector 'fltrust': {key} must be an integer >= 1, got {v!r}")
-        if not float(params.get("lr", 0.05)) > 0:
-            raise ValueError(f"detector 'fltrust': lr must be > 0, got {params['lr']!r}")
+    def __init__(self):
+        pass
 
     def observe(self, round_updates: RoundUpdates) -> DetectorResult:
         ref = round_updates.reference_update
