@@ -109,7 +109,8 @@ def job_state(job_dir: str | Path) -> JobState:
     except (RecordError, OSError, UnicodeDecodeError) as exc:
         return JobState("damaged", len(rounds), f"{exc}" if str(summary_path) in str(exc) else f"{summary_path}: {exc}")
     numbers = [r.round for r in rounds]
-    if summary.rounds_recorded != len(rounds) or numbers != list(range(1, len(rounds) + 1)):
+    if summary.rounds_recorded != len(rounds) or numbers != sorted(set(numbers)) or \
+            (summary.status == "finished" and numbers != list(range(1, len(rounds) + 1))):
         return JobState("damaged", len(rounds),
                         f"{summary_path} says {summary.rounds_recorded} rounds were recorded but {rounds_path} holds "
                         f"rounds {numbers}; delete {job_dir} and re-run to redo the job")
