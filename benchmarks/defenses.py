@@ -1,0 +1,202 @@
+"""Detector flag rates and robust-scoring inflation on the coverage-gap regime (issue 10's table).
+
+Run ``python -m benchmarks.defenses`` to run ``scenarios/defenses_claim.toml`` through ``fedattr
+run`` and print the table, or ``python -m benchmarks.defenses --results DIR`` to print it from a
+finished (or interrupted) results directory. Options after ``--set`` override scenario fields as
+in ``fedattr run``.
+
+Table 1, per detector: the share of (seed, round) pairs in which the attacker is flagged in the
+latent-attack, scaling and free-rider arms, and the share of benign (client, round) pairs flagged
+in the honest arm (every client behaves there); mean ± 95% CI over seeds.
+
+Table 2, per evaluator: the attacker's counterfactual inflation in the attack arm (sum over rounds
+of its value minus the value its honest update would have had in the same round game), the
+inflation left as a fraction of exact Shapley's (paired by seed: the sum over seeds of the
+evaluator's inflation over the sum of Shapley's, and the per-seed ratios' median), the Kendall
+tau of the benign clients' cumulative values in the attack arm against plain Shapley's in the
+honest arm (same seed), and the cost (distinct utility evaluations and seconds per round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fedattr.report import fmt_ci, fmt_num, kendall_between, load_results, mean_ci  # noqa: E402
+
+SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "defenses_claim.toml"
+PLAIN = "shapley"
+
+
+def _flag_rate(job, detector: str, pids: list[str]) -> float:
+    """Share of (client, round) pairs of ``pids`` that ``detector`` flagged in one job."""
+    hits = total = 0
+    for rec in job.rounds:
+        flags = ((rec.get("detectors") or {}).get(detector) or {}).get("flags") or {}
+        for pid in pids:
+            if pid in flags:
+                hits += bool(flags[pid])
+                total += 1
+    return hits / total if total else math.nan
+
+
+def _detectors(res) -> list[str]:
+    names: list[str] = []
+    for job in res.jobs.values():
+        for rec in job.rounds:
+            for d in rec.get("detectors") or {}:
+                if d not in names:
+                    names.append(d)
+    return names
+
+
+def _arm_of(res, attack: str) -> str | None:
+    return next((a["name"] for a in res.scenario.get("arms") or [] if a.get("attack") == attack), None)
+
+
+def detector_table(res) -> dict[str, dict[str, Any]]:
+    """``{detector: {column: MeanCI over seeds}}``."""
+    attackers = list(res.attacker_ids)
+    columns = {"latent attack": _arm_of(res, "latent"), "scaling": _arm_of(res, "scaling"),
+               "free rider": _arm_of(res, "free_rider")}
+    out = {}
+    for det in _detectors(res):
+        row = {}
+        for col, arm in columns.items():
+            row[col] = mean_ci([_flag_rate(j, det, attackers) for j in res.runs(arm)] if arm else [])
+        if res.honest_arm:
+            row["benign (honest arm)"] = mean_ci(
+                [_flag_rate(j, det, [p for p in _clients(j)]) for j in res.runs(res.honest_arm)])
+        out[det] = row
+    return out
+
+
+def _clients(job) -> list[str]:
+    return sorted({str(c) for rec in job.rounds for c in rec.get("clients") or []}, key=int)
+
+
+def _cost(job, ev: str) -> tuple[float, float]:
+    evals = [float((rec.get("utility_evaluations") or {}).get(ev, math.nan)) for rec in job.rounds]
+    secs = [float(((rec.get("timings") or {}).get("evaluators") or {}).get(ev, math.nan)) for rec in job.rounds]
+    return float(np.nanmean(evals)) if evals else math.nan, float(np.nanmean(secs)) if secs else math.nan
+
+
+def mitigation_table(res) -> dict[str, dict[str, Any]]:
+    """``{evaluator: {inflation, left, left_median, tau, evals, seconds}}`` for the attack arm."""
+    arm = _arm_of(res, "latent")
+    if arm is None or not res.attacker_ids:
+        return {}
+    att = res.attacker_ids[0]
+    plain_infl = {j.seed: j.counterfactual_inflation(PLAIN).get(att, math.nan) for j in res.runs(arm)}
+    out = {}
+    for ev in res.evaluators:
+        infl, ratios, taus, taus_own, evals, secs = {}, [], [], [], [], []
+        for job in res.runs(arm):
+            infl[job.seed] = job.counterfactual_inflation(ev).get(att, math.nan)
+            p = plain_infl.get(job.seed, math.nan)
+            if math.isfinite(p) and p != 0 and math.isfinite(infl[job.seed]):
+                ratios.append(infl[job.seed] / p)
+            e, s = _cost(job, ev)
+            evals.append(e)
+            secs.append(s)
+            honest = res.jobs.get((res.honest_arm, job.seed)) if res.honest_arm else None
+            if honest is not None:
+                benign = [c for c in job.cumulative(ev) if c not in res.attacker_ids]
+                taus.append(kendall_between(honest.cumulative(PLAIN), job.cumulative(ev), keys=benign))
+                taus_own.append(kendall_between(honest.cumulative(ev), job.cumulative(ev), keys=benign))
+        paired = [s for s in infl if math.isfinite(infl[s]) and math.isfinite(plain_infl.get(s, math.nan))]
+        denom = sum(plain_infl[s] for s in paired)
+        out[ev] = {
+            "inflation": mean_ci(infl.values()),
+            "left": sum(infl[s] for s in paired) / denom if paired and denom != 0 else math.nan,
+            "left_median": float(np.median(ratios)) if ratios else math.nan,
+            "tau": mean_ci(taus),
+            "tau_own": mean_ci(taus_own),
+            "evals": float(np.nanmean(evals)) if evals else math.nan,
+            "seconds": float(np.nanmean(secs)) if secs else math.nan,
+        }
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def render(res) -> str:
+    det = detector_table(res)
+    cols = list(next(iter(det.values())).keys()) if det else []
+    n_seeds = {arm: len(res.runs(arm)) for arm in res.arms}
+    md = [f"Results: {res.path} (jobs per arm: {', '.join(f'{a} {n}' for a, n in n_seeds.items())})", "",
+          "Detector flag rates (share of rounds the attacker is flagged; benign: share of client-rounds "
+          "flagged in the honest arm), mean ± 95% CI over seeds:", ""]
+    md.append(_table(["detector", *cols], [[d, *[fmt_ci(r[c], signed=False) for c in cols]] for d, r in det.items()]))
+    mit = mitigation_table(res)
+    md += ["", f"Mitigations on the latent-attack arm (inflation = counterfactual inflation of the attacker, "
+           f"summed over rounds; left = paired share of {PLAIN}'s; tau = benign Kendall tau vs honest-arm {PLAIN}; "
+           "tau own = vs the same evaluator's honest arm):", ""]
+    md.append(_table(
+        ["evaluator", "inflation", "left (sum)", "left (median)", "benign tau", "tau own", "evals/round", "s/round"],
+        [[ev, fmt_ci(r["inflation"]), fmt_num(r["left"], signed=False), fmt_num(r["left_median"], signed=False),
+          fmt_ci(r["tau"]), fmt_ci(r["tau_own"]), f"{r['evals']:.0f}" if math.isfinite(r["evals"]) else "—",
+          f"{r['seconds']:.2f}" if math.isfinite(r["seconds"]) else "—"] for ev, r in mit.items()]))
+    return "\n".join(md)
+
+
+def as_json(res) -> dict[str, Any]:
+    return {
+        "results": str(res.path),
+        "detectors": {d: {c: v.as_dict() for c, v in row.items()} for d, row in detector_table(res).items()},
+        "mitigations": {ev: {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in row.items()}
+                        for ev, row in mitigation_table(res).items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, help="print the table of this results directory (no run)")
+    ap.add_argument("--scenario", type=Path, default=SCENARIO, help="scenario to run (default: %(default)s)")
+    ap.add_argument("--out", type=Path, help="results directory of the run (default: results/defenses_claim)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="scenario override, as in `fedattr run --set`; repeatable")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = ap.parse_args(argv)
+    results = args.results
+    wall = None
+    if results is None:
+        results = args.out or Path("results") / "defenses_claim"
+        cmd = [sys.executable, "-m", "fedattr.cli", "run", str(args.scenario), "--out", str(results), "--no-report"]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd)
+        wall = time.perf_counter() - t0
+        if rc not in (0, 1):  # 1: some job failed; the others still make a table
+            return rc
+    res = load_results(results)
+    if args.json:
+        out = as_json(res)
+        out["wall_s"] = wall
+        print(json.dumps(out, indent=1))
+    else:
+        print(render(res))
+        if wall is not None:
+            print(f"\nwall time of the run: {wall:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
