@@ -4,7 +4,8 @@ Every image tensor is float32 in [0, 1] with shape (N, C, H, W); labels are int6
 normalise internally, so generators and attacks can work in pixel space directly.
 
 Splits are a pure function of (dataset, sizes, split seed) and partitions of (split, partitioner,
-seed): the server and every client compute the same ones without exchanging data.
+partition seed, withheld classes, attacker ids): the server and every client compute the same
+ones without exchanging data.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,6 +155,25 @@ def load_splits(
     )
 
 
+def withheld_classes(
+    num_classes: int, withhold_classes: tuple[int, ...] = (), withhold_count: int = 0, seed: int = 0
+) -> tuple[int, ...]:
+    """The classes no benign client gets: ``withhold_classes``, or ``withhold_count`` drawn with ``seed``."""
+    if withhold_classes and withhold_count:
+        raise UserError("give partition.withhold_classes or partition.withhold_count, not both")
+    if withhold_count:
+        if not 0 < withhold_count < num_classes:
+            raise UserError(f"partition.withhold_count must be in 1..{num_classes - 1}, got {withhold_count}")
+        rng = np.random.default_rng([int(seed), 0x5717])
+        return tuple(sorted(int(c) for c in rng.choice(num_classes, withhold_count, replace=False)))
+    bad = [c for c in withhold_classes if not 0 <= int(c) < num_classes]
+    if bad:
+        raise UserError(f"partition.withhold_classes {bad} are not classes of this dataset (0..{num_classes - 1})")
+    if len(set(withhold_classes)) >= num_classes:
+        raise UserError("partition.withhold_classes would withhold every class")
+    return tuple(sorted({int(c) for c in withhold_classes}))
+
+
 @functools.lru_cache(maxsize=16)
 def partition_indices(
     labels: tuple[int, ...],
@@ -161,11 +183,19 @@ def partition_indices(
     classes_per_client: int = 2,
     min_partition_size: int = 10,
     seed: int = 0,
+    withhold: tuple[int, ...] = (),
+    attacker_ids: tuple[int, ...] = (),
+    attacker_share: float = 0.0,
 ) -> tuple[np.ndarray, ...]:
     """Split positions 0..len(labels)-1 into ``num_partitions`` disjoint client partitions.
 
     Uses Flower Datasets partitioners over a local ``datasets.Dataset`` of (index, label).
     ``labels`` is a tuple so that results can be memoised per process.
+
+    Classes in ``withhold`` are taken out of the pool before partitioning, so no client gets
+    them from the partitioner; a seeded ``attacker_share`` of each withheld class's images is
+    then dealt to the ``attacker_ids`` (evenly) and the rest is left unused. The benign clients
+    therefore lack every withheld class entirely.
     """
     from datasets import Dataset
     from flwr_datasets.partitioner import (
@@ -174,34 +204,46 @@ def partition_indices(
         PathologicalPartitioner,
     )
 
+    if not 0.0 <= attacker_share <= 1.0:
+        raise UserError(f"partition.attacker_share must be in [0, 1], got {attacker_share}")
+    bad_ids = [a for a in attacker_ids if not 0 <= a < num_partitions]
+    if bad_ids:
+        raise UserError(f"attacker ids {bad_ids} are not partitions 0..{num_partitions - 1}")
+    lab = np.asarray(labels, dtype=np.int64)
+    kept = np.nonzero(~np.isin(lab, np.asarray(withhold, dtype=np.int64)))[0]
     if kind == "iid":
         part = IidPartitioner(num_partitions=num_partitions)
     elif kind == "dirichlet":
-        if num_partitions * min_partition_size > len(labels):
+        if num_partitions * min_partition_size > len(kept):
             raise UserError(
                 f"{num_partitions} partitions of at least {min_partition_size} examples need "
-                f"{num_partitions * min_partition_size} pool examples; the pool has {len(labels)}"
+                f"{num_partitions * min_partition_size} pool examples; the pool has {len(kept)}"
+                + (" after withholding classes" if withhold else "")
             )
         part = DirichletPartitioner(
             num_partitions=num_partitions, partition_by="label", alpha=alpha,
             min_partition_size=min_partition_size, self_balancing=False, seed=seed,
         )
     elif kind == "pathological":
+        present = len(set(lab[kept].tolist()))
+        if classes_per_client > present:
+            raise UserError(f"partition.classes_per_client = {classes_per_client} but only {present} classes "
+                            "are left to partition" + (" after withholding" if withhold else ""))
         part = PathologicalPartitioner(
             num_partitions=num_partitions, partition_by="label",
             num_classes_per_partition=classes_per_client, seed=seed,
         )
     else:
         raise UserError(f"unknown partitioner {kind!r}; choose one of {list(PARTITIONERS)}")
-    part.dataset = Dataset.from_dict({"index": list(range(len(labels))), "label": list(labels)})
+    part.dataset = Dataset.from_dict({"index": kept.tolist(), "label": lab[kept].tolist()})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = tuple(np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions))
+            out = [np.asarray(part.load_partition(i)["index"], dtype=np.int64) for i in range(num_partitions)]
         except ValueError as exc:  # DirichletPartitioner gives up after 10 resamples
             raise UserError(
-                f"dirichlet(alpha={alpha}) could not give each of {num_partitions} clients at least "
-                f"{min_partition_size} examples ({exc}); lower partition.min_partition_size or raise partition.alpha"
+                f"{kind} partitioning failed for {num_partitions} clients ({exc}); for dirichlet lower "
+                f"partition.min_partition_size or raise partition.alpha"
             ) from None
     resamples = sum("resampl" in str(w.message).lower() or "min_partition_size" in str(w.message) for w in caught)
     if resamples:
@@ -211,19 +253,55 @@ def partition_indices(
             f"{num_partitions} clients at least {min_partition_size} examples",
             stacklevel=2,
         )
-    return out
+    if withhold and attacker_ids and attacker_share > 0:
+        # Its own generator, so the withheld deal never changes the partitioner's draws.
+        rng = np.random.default_rng([int(seed), 0xA77])
+        attackers = sorted(set(attacker_ids))
+        for c in withhold:
+            pos = rng.permutation(np.nonzero(lab == c)[0])
+            take = pos[: int(round(attacker_share * len(pos)))]
+            for a, chunk in zip(attackers, np.array_split(take, len(attackers))):
+                out[a] = np.concatenate([out[a], chunk])
+    return tuple(out)
+
+
+def partition_from_spec(
+    splits: Splits, partition_id: int, num_partitions: int, spec: Mapping[str, Any], *, seed: int,
+    attacker_ids: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One client's (images, labels) from a ``[partition]`` dict (PartitionSpec.model_dump()) and its seed."""
+    withhold = withheld_classes(
+        splits.num_classes, tuple(spec.get("withhold_classes") or ()), int(spec.get("withhold_count") or 0), seed
+    )
+    return client_partition(
+        splits, partition_id, spec["kind"], num_partitions, alpha=float(spec["alpha"]),
+        classes_per_client=int(spec["classes_per_client"]), min_partition_size=int(spec["min_partition_size"]),
+        seed=seed, withhold=withhold, attacker_ids=tuple(attacker_ids),
+        attacker_share=float(spec.get("attacker_share") or 0.0),
+    )
 
 
 def client_partition(
     splits: Splits, partition_id: int, kind: str, num_partitions: int, *, alpha: float = 0.5,
     classes_per_client: int = 2, min_partition_size: int = 10, seed: int = 0,
+    withhold: Sequence[int] = (), attacker_ids: Sequence[int] = (), attacker_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (images, labels) of one client's partition of the pool."""
+    """The (images, labels) of one client's partition of the pool (see ``partition_indices``)."""
     parts = partition_indices(
-        tuple(splits.y_pool.tolist()), kind, num_partitions, alpha, classes_per_client, min_partition_size, seed
+        tuple(splits.y_pool.tolist()), kind, num_partitions, alpha, classes_per_client, min_partition_size, seed,
+        tuple(sorted(int(c) for c in withhold)), tuple(int(a) for a in attacker_ids), float(attacker_share),
     )
     idx = torch.from_numpy(parts[partition_id])
     return splits.x_pool[idx], splits.y_pool[idx]
+
+
+def benign_lacking(histograms: Mapping[int, Sequence[int]], num_classes: int) -> list[int]:
+    """The classes with no example in any of the given (benign) label histograms."""
+    totals = [0] * num_classes
+    for hist in histograms.values():
+        for c, n in enumerate(hist):
+            totals[c] += int(n)
+    return [c for c in range(num_classes) if totals[c] == 0]
 
 
 def label_histogram(labels: torch.Tensor, num_classes: int) -> list[int]:

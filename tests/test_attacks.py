@@ -352,3 +352,45 @@ def test_every_attack_keeps_the_benign_reply_shape_and_match_norm_matches(splits
                     assert torch.equal(v, r.honest_state_dict[k]), name
         if name == "pixel":
             assert r.metrics["bn_layers"] == 2
+
+
+# --- coverage truth and the target policy ------------------------------------------------------------
+
+def test_target_truth_scores_targets_against_the_lacking_classes():
+    from fedattr.attacks.truth import bits_to_classes, target_truth
+
+    t = target_truth([9, 7, 8], benign_histograms(), 10, scores=[0.9] * 7 + [0.1, 0.2, 0.0])
+    assert bits_to_classes(t["benign_lacking_bits"]) == UNSEEN and t["benign_lacking_count"] == 3
+    assert t["target_precision"] == t["target_recall"] == t["target_oracle_overlap"] == t["coverage_auc"] == 1.0
+    assert bits_to_classes(t["target_bits"]) == UNSEEN
+    # Benign totals: 30 30 40 25 25 20 43 0 0 0; the two fewest are 7 and 8.
+    t = target_truth([3, 8], benign_histograms(), 10, scores=[0.0] + [0.5] * 9)
+    assert t["target_precision"] == 0.5 and t["target_recall"] == pytest.approx(1 / 3)
+    assert t["target_oracle_overlap"] == 0.5
+    # Lacking 7-9 score 0.5: below none of the 7 covered classes, tied with 6 of them: (18 * 0.5) / 21.
+    assert t["coverage_auc"] == pytest.approx(3 / 7)
+    assert target_truth([1], None, 10) == {}
+
+
+def test_warmup_policy_sends_the_honest_update_then_injects(splits, local, global_model):
+    attack = make_attack("targeted_real", target_policy="warmup", warmup_rounds=2)
+    first = run_attacker_round(attack, make_ctx(global_model, local, splits, server_round=2))
+    assert first.metrics["warming_up"] == 1.0 and first.metrics["synthetic_count"] == 0
+    for k in first.state_dict:
+        assert torch.equal(first.state_dict[k], first.honest_state_dict[k])
+    later = run_attacker_round(attack, make_ctx(global_model, local, splits, server_round=3))
+    assert later.metrics["warming_up"] == 0.0 and later.metrics["synthetic_count"] == 30
+    assert later.metrics["target_precision"] == 1.0  # the model-inferred targets are the unseen classes
+
+
+def test_local_data_policy_targets_what_the_attacker_lacks(splits, local):
+    # An untrained model: its confidence says nothing, the attacker's own counts do.
+    torch.manual_seed(3)
+    fresh = build_model("cnn", 10, 1, 28).eval()
+    attack = make_attack("targeted_real", target_policy="local_data", warmup_rounds=1)
+    ctx = make_ctx(fresh, local, splits, server_round=1)
+    attack.extra_data(ctx)
+    assert ctx.info["target_classes"] == UNSEEN and ctx.info["coverage_method"] == "local_data"
+    assert ctx.metrics["warming_up"] == 1.0 and ctx.metrics["target_recall"] == 1.0
+    with pytest.raises(UserError):
+        make_attack("targeted_real", target_policy="later")

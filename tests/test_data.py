@@ -90,3 +90,60 @@ def test_dirichlet_that_cannot_meet_the_minimum_is_a_user_error(splits):
     labels = tuple(splits.y_pool.tolist())
     with pytest.raises(UserError, match="min_partition_size"):
         partition_indices(labels, "dirichlet", 10, 0.01, 2, 300, 0)
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "pathological"])
+def test_withheld_classes_reach_no_benign_client(splits, kind):
+    labels = tuple(splits.y_pool.tolist())
+    lab = np.asarray(labels)
+    parts = partition_indices(labels, kind, 8, 0.5, 2, 10, 3, (8, 9), (0,), 0.1)
+    allidx = np.concatenate(parts)
+    assert len(allidx) == len(set(allidx.tolist()))  # still disjoint
+    for pid, p in enumerate(parts[1:], 1):
+        assert not np.isin(lab[p], [8, 9]).any(), pid
+    # The attacker holds round(10%) of each withheld class, nothing more of them.
+    for c in (8, 9):
+        assert int((lab[parts[0]] == c).sum()) == int(round(0.1 * (lab == c).sum()))
+    if kind != "pathological":  # every other pool image is dealt
+        assert set(allidx.tolist()) >= set(np.nonzero(~np.isin(lab, [8, 9]))[0].tolist())
+
+
+def test_withholding_with_no_attacker_share_leaves_the_classes_unused(splits):
+    labels = tuple(splits.y_pool.tolist())
+    lab = np.asarray(labels)
+    parts = partition_indices(labels, "dirichlet", 8, 0.5, 2, 10, 3, (3,), (0, 1), 0.0)
+    assert not any((lab[p] == 3).any() for p in parts)
+    shared = partition_indices(labels, "dirichlet", 8, 0.5, 2, 10, 3, (3,), (0, 1), 1.0)
+    got = [int((lab[p] == 3).sum()) for p in shared]
+    assert got[0] + got[1] == int((lab == 3).sum()) and abs(got[0] - got[1]) <= 1 and sum(got[2:]) == 0
+
+
+def test_partition_from_spec_and_withhold_count(splits):
+    from fedattr.data import benign_lacking, partition_from_spec, withheld_classes
+
+    spec = {"kind": "dirichlet", "alpha": 0.5, "classes_per_client": 2, "min_partition_size": 10,
+            "withhold_count": 2, "attacker_share": 0.0}
+    chosen = withheld_classes(10, (), 2, seed=5)
+    assert len(chosen) == 2 and chosen == withheld_classes(10, (), 2, seed=5)
+    hists = {pid: label_histogram(partition_from_spec(splits, pid, 6, spec, seed=5, attacker_ids=[0])[1], 10)
+             for pid in range(6)}
+    assert set(chosen) <= set(benign_lacking({p: h for p, h in hists.items() if p != 0}, 10))
+    plain = {**spec, "withhold_count": 0}
+    x, y = partition_from_spec(splits, 2, 6, plain, seed=5)
+    x2, y2 = client_partition(splits, 2, "dirichlet", 6, alpha=0.5, seed=5)
+    assert torch.equal(y, y2)  # without withholding the split is the old one
+
+
+def test_bad_withholding_is_a_user_error(splits):
+    from fedattr.data import withheld_classes
+
+    with pytest.raises(UserError):
+        withheld_classes(10, (10,))
+    with pytest.raises(UserError):
+        withheld_classes(10, (1,), 2)
+    with pytest.raises(UserError):
+        withheld_classes(10, tuple(range(10)))
+    with pytest.raises(UserError, match="classes_per_client"):
+        partition_indices(tuple(splits.y_pool.tolist()), "pathological", 4, 0.5, 9, 10, 0, (0, 1))
+    with pytest.raises(UserError):
+        partition_indices(tuple(splits.y_pool.tolist()), "iid", 4, 0.5, 2, 10, 0, (0,), (0,), 1.5)

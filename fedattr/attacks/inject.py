@@ -16,9 +16,16 @@ import torch
 
 from fedattr.attacks._util import StateDict, derive_seed, flat_update, scale_update
 from fedattr.attacks.base import Attack, AttackContext
-from fedattr.attacks.coverage import COVERAGE_METHODS, Coverage, InferredCoverage, OracleCoverage
+from fedattr.attacks.coverage import (
+    COVERAGE_METHODS, Coverage, InferredCoverage, OracleCoverage, least_covered, own_shares,
+)
 from fedattr.attacks.latent import SyntheticBatch
+from fedattr.attacks.truth import target_truth
 from fedattr.errors import UserError
+
+
+#: what a targeted injection does in its first rounds (see TargetedInjection)
+TARGET_POLICIES = ("model", "warmup", "local_data")
 
 
 def spread_labels(targets: list[int], n: int) -> torch.Tensor:
@@ -102,6 +109,8 @@ class InjectionAttack(Attack):
             ctx.metrics[f"target_class_{i}"] = float(c)
         if "coverage_upper_bound" in ctx.info:
             ctx.metrics["coverage_is_oracle"] = float(ctx.info["coverage_upper_bound"])
+        ctx.metrics.update(target_truth(ctx.info.get("target_classes", []), ctx.benign_histograms,
+                                        ctx.num_classes, ctx.info.get("coverage_scores")))
         if len(made.y) == 0:
             return None
         return made.x.to(ctx.x_local.device, ctx.x_local.dtype), made.y.to(ctx.y_local.device, ctx.y_local.dtype)
@@ -133,17 +142,44 @@ class TargetedInjection(InjectionAttack):
     ``"inferred"`` uses the global model's confidence on the attacker's probes (its local data,
     plus the public auxiliary split when ``use_aux``). Both mix in the attacker's own label
     shares with ``own_count_weight``.
+
+    ``target_policy`` says what happens in the first ``warmup_rounds`` rounds, while the global
+    model is still close to its random initialisation (its confidence is about 1/C for every
+    class, so inferred coverage is arbitrary): ``"model"`` infers from it anyway (the original
+    behaviour); ``"warmup"`` injects nothing (the update is the honest one, bit for bit);
+    ``"local_data"`` targets the classes the attacker's own data covers least. After the warm-up
+    every policy uses ``coverage``.
     """
 
     name: ClassVar[str] = "targeted_injection"
     coverage: str = "inferred"
     own_count_weight: float = 0.25
     use_aux: bool = True
+    target_policy: str = "model"
+    warmup_rounds: int = 1
 
     def validate(self) -> None:
         super().validate()
         if self.coverage not in COVERAGE_METHODS:
             raise UserError(f"attack {self.name!r}: coverage must be one of {list(COVERAGE_METHODS)}, got {self.coverage!r}")
+        if self.target_policy not in TARGET_POLICIES:
+            raise UserError(
+                f"attack {self.name!r}: target_policy must be one of {list(TARGET_POLICIES)}, got {self.target_policy!r}")
+        if self.warmup_rounds < 0:
+            raise UserError(f"attack {self.name!r}: warmup_rounds must be >= 0, got {self.warmup_rounds}")
+
+    def warming_up(self, ctx: AttackContext) -> bool:
+        """Whether this round is in the warm-up of a non-default target policy."""
+        return self.target_policy != "model" and ctx.server_round <= self.warmup_rounds
+
+    def extra_data(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        warming = self.warming_up(ctx)
+        if warming and self.target_policy == "warmup":
+            ctx.metrics.update(warming_up=1.0, synthetic_count=0.0)
+            return None
+        out = super().extra_data(ctx)
+        ctx.metrics["warming_up"] = float(warming)
+        return out
         if not 0 <= self.own_count_weight <= 1:
             raise UserError(f"attack {self.name!r}: own_count_weight must be in [0, 1], got {self.own_count_weight}")
 
@@ -156,6 +192,12 @@ class TargetedInjection(InjectionAttack):
     def estimate_coverage(self, ctx: AttackContext) -> Coverage:
         """Coverage by the configured method, with k = min(num_target_classes, C)."""
         k = min(self.num_target_classes, ctx.num_classes)
+        if self.target_policy == "local_data" and self.warming_up(ctx):
+            own = own_shares(ctx.y_local, ctx.num_classes)
+            targets = least_covered(own, k)
+            return Coverage(method="local_data", scores=own, targets=targets,
+                            weights=[1.0 / k if c in targets else 0.0 for c in range(ctx.num_classes)],
+                            upper_bound=False, info={"own_share": own, "note": "warm-up: the attacker's own counts"})
         if self.coverage == "oracle":
             return OracleCoverage(k=k, own_weight=self.own_count_weight).estimate(
                 ctx.benign_histograms, ctx.num_classes, ctx.y_local
