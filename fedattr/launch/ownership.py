@@ -78,7 +78,8 @@ def own_results_dir(results_dir: Path, watch: bool = True) -> Iterator[str]:
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         os.fsync(fd)
         if watch:
-            watchdog = subprocess.Popen([sys.executable, "-m", "fedattr.launch.watchdog", "--tag", tag],
+            watchdog = subprocess.Popen([sys.executable, "-m", "fedattr.launch.watchdog", "--parent", str(os.getpid()),
+                                         "--tag", tag],
                                         pass_fds=(fd,), start_new_session=True, stdin=subprocess.DEVNULL)
         yield tag
     finally:
