@@ -1,0 +1,126 @@
+"""Tests of fedattr.stats: paired statistics with known answers, same-round effects, the claim table."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedattr.stats import claim_table, format_table, job_effects, matmul_rate, paired_stats, ranks_of, round_effects
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results_small" / "run"
+
+
+def test_paired_stats_known_answers():
+    s = paired_stats([1, 2, 3, 4, 5])
+    assert s.n == 5 and s.mean == 3 and s.positive == 5
+    # t(0.975, 4) = 2.7764451; sd = sqrt(2.5)
+    assert s.t_half == pytest.approx(2.7764451 * math.sqrt(2.5) / math.sqrt(5), rel=1e-6)
+    assert s.wilcoxon_p == pytest.approx(2 / 32)  # exact: all 5 ranks positive, two-sided
+    assert 1 <= s.boot_low < 3 < s.boot_high <= 5
+    assert paired_stats([1, 2, 3, 4, 5]).boot_low == s.boot_low  # seeded
+    z = paired_stats([0, 0, 0])
+    assert z.wilcoxon_p == 1.0 and z.t_low == z.t_high == 0 and z.positive == 0
+    one = paired_stats([0.5, float("nan"), None])
+    assert one.n == 1 and one.mean == 0.5 and math.isnan(one.t_low)
+    assert paired_stats([]).n == 0
+    mixed = paired_stats([-1, 2, 3, -0.5, 4, 5])
+    assert mixed.positive == 4 and mixed.t_low < 0 < mixed.t_high
+
+
+def test_ranks_of_ties_share_the_mean_rank():
+    assert ranks_of({0: 0.3, 1: 0.1, 2: 0.3}) == {"0": 1.5, "1": 3.0, "2": 1.5}
+
+
+def _shapley(players, v):
+    n = len(players)
+    out = {}
+    for i in players:
+        others = [p for p in players if p != i]
+        total = 0.0
+        for k in range(n):
+            for s in itertools.combinations(others, k):
+                w = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
+                total += w * (v(frozenset(s) | {i}) - v(frozenset(s)))
+        out[i] = total
+    return out
+
+
+def test_round_effects_transfer_identity_on_exact_shapley():
+    """Benign change = LOO inflation - attacker inflation, for exact Shapley (efficiency)."""
+    rng = np.random.default_rng(0)
+    players = [0, 1, 2, 3]
+    table = {frozenset(s): float(rng.random()) for k in range(5) for s in itertools.combinations(players, k)}
+    table[frozenset()] = 0.0
+    boost = {frozenset(s): float(rng.random()) for k in range(5) for s in itertools.combinations(players, k)}
+
+    def real(s):  # coalitions with the attacker (0) differ between games; the others are shared
+        return table[s] + (boost[s] if 0 in s else 0.0)
+
+    def cf(s):
+        return table[s]
+
+    sv_real, sv_cf = _shapley(players, real), _shapley(players, cf)
+    full = frozenset(players)
+    loo_real = {i: real(full) - real(full - {i}) for i in players}
+    loo_cf = {i: cf(full) - cf(full - {i}) for i in players}
+    eff = round_effects(sv_real, sv_cf, 0, loo_real, loo_cf)
+    assert eff["inflation"] == pytest.approx(sv_real[0] - sv_cf[0])
+    assert eff["loo_inflation"] == pytest.approx(real(full) - cf(full))
+    assert eff["benign_change"] == pytest.approx(eff["loo_inflation"] - eff["inflation"])
+    assert eff["cf_total"] == pytest.approx(cf(full) - cf(frozenset()))
+
+
+def test_round_effects_rank_change_and_benign_tau():
+    real = {"0": 0.5, "1": 0.2, "2": 0.1, "3": 0.05}
+    cf = {"0": 0.0, "1": 0.3, "2": 0.2, "3": 0.1}
+    eff = round_effects(real, cf, 0)
+    assert eff["rank_change"] == 3.0  # from last (4) to first (1)
+    assert eff["benign_tau"] == pytest.approx(1.0)  # benign order unchanged
+    assert eff["benign_change"] == pytest.approx(-0.25)
+    swapped = round_effects(real, {"0": 0.0, "1": 0.1, "2": 0.2, "3": 0.3}, 0)
+    assert swapped["benign_tau"] == pytest.approx(-1.0)
+    assert round_effects(real, {"1": 0.1}, 0) == {}
+
+
+def test_job_effects_sums_rounds_and_falls_back_to_the_cf_value():
+    rounds = [
+        {"values": {"shapley": {"0": 0.3, "1": 0.1}},
+         "counterfactual_vectors": {"shapley": {"0": {"0": 0.1, "1": 0.2}}}},
+        {"values": {"shapley": {"0": 0.2, "1": 0.1}}, "counterfactual_values": {"shapley": {"0": 0.25}}},
+    ]
+    e = job_effects(rounds, "shapley", 0)
+    assert e["inflation"] == pytest.approx(0.2 - 0.05) and e["rounds"] == 2
+    assert e["benign_change"] == pytest.approx(-0.1) and e["cf_value"] == pytest.approx(0.35)
+    assert e["rank_change"] == 1.0
+
+
+def test_claim_table_on_stored_results():
+    rows = claim_table(FIXTURE)
+    assert rows and {r["arm"] for r in rows} == {"attack"}
+    row = next(r for r in rows if r["evaluator"] == "shapley")
+    expected = []
+    for seed in (0, 1):
+        recs = [json.loads(line) for line in (FIXTURE / "jobs" / f"attack__s{seed}" / "rounds.jsonl").open()]
+        expected.append(sum(r["values"]["shapley"]["0"] - r["counterfactual_values"]["shapley"]["0"] for r in recs))
+    assert row["inflation"].n == 2 and row["inflation"].mean == pytest.approx(np.mean(expected))
+    assert 0 < row["acc_attack"] < 1 and 0 < row["acc_honest"] < 1
+    text = format_table(rows)
+    assert text.count("\n") == len(rows) + 1 and "shapley" in text
+
+
+def test_main_prints_the_table_and_rejects_a_non_results_dir(tmp_path, capsys):
+    from fedattr.stats import main
+
+    assert main([str(FIXTURE)]) == 0
+    assert "GFLOP/s" in capsys.readouterr().out
+    assert main([str(tmp_path)]) == 2
+    assert main([]) == 2
+
+
+def test_matmul_rate_is_positive():
+    assert matmul_rate(n=64, seconds=0.05) > 0
