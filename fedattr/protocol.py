@@ -201,7 +201,10 @@ class RoundRecord(_Record):
 
     schema_version: int = SCHEMA_VERSION
     arm: str
+    #: The training seed (minibatch order, model initialisation, attack randomness).
     seed: int
+    #: The seed of the client partitions (equals ``seed`` unless the scenario holds the split fixed).
+    partition_seed: int | None = None
     attacker_ids: list[int]
     round: int
     clients: list[int]
@@ -233,6 +236,7 @@ class JobSummary(_Record):
     failure_reason: str | None = None
     arm: str
     seed: int
+    partition_seed: int | None = None
     rounds: int
     rounds_recorded: int
     attacker_ids: list[int]

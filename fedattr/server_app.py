@@ -131,7 +131,8 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
     attributed = AttributedStrategy(
         strategy, scorer, central_evaluate=central_evaluate, record_round=record_round,
         detectors=_detector_step(entry, job, splits, device),
-        job_info={"arm": job.spec.arm, "seed": job.seed, "attacker_ids": job.attacker_ids},
+        job_info={"arm": job.spec.arm, "seed": job.seed, "partition_seed": job.partition_seed(),
+                  "attacker_ids": job.attacker_ids},
         min_clients=min_clients,
     )
     recorder.start()
@@ -156,7 +157,8 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
     totals = attributed.totals
     summary = JobSummary(
         status="failed" if failure else "finished", failure_reason=failure,
-        arm=job.spec.arm, seed=job.seed, rounds=rounds, rounds_recorded=len(rounds_done),
+        arm=job.spec.arm, seed=job.seed, partition_seed=job.partition_seed(), rounds=rounds,
+        rounds_recorded=len(rounds_done),
         attacker_ids=job.attacker_ids, initial_test=initial_test,
         final_test=dict(final) if final is not None else None,
         cumulative=totals.cumulative, cumulative_normalised=totals.normalised, ranks=totals.ranks(),

@@ -109,3 +109,20 @@ def test_same_seed_gives_identical_rounds_via_plain_flwr_run(attack_run, tmp_pat
     assert len(plain) == 2
     assert json.dumps(_values(plain), sort_keys=True) == json.dumps(_values(first), sort_keys=True)
     assert FLWR_ENV["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+
+
+def test_contract_the_report_reads_a_real_run_through_the_typed_records(attack_run):
+    """What the ServerApp writes validates against the protocol and the report renders it."""
+    from fedattr.protocol import read_rounds, read_summary
+    from fedattr.report import write_report
+
+    results, _ = attack_run
+    for arm in ("honest", "attack"):
+        job = results / "jobs" / f"{arm}__s0"
+        rounds = read_rounds(job / "rounds.jsonl")
+        summary = read_summary(job / "summary.json")
+        assert summary.status == "finished" and summary.rounds_recorded == len(rounds) == 2
+        assert rounds[-1].roles[0] == "attacker"
+    report = write_report(results)
+    text = report.read_text()
+    assert "attack" in text and "honest" in text
