@@ -97,5 +97,5 @@ def _compose_file(scenario: Path, set_: list[str], out: Path, tls: bool) -> None
     from fedattr.scenario import load_scenario
 
     sc = load_scenario(scenario, set_)
-    path = write_compose(out, sc.num_clients, list(sc.attacker_ids), tls=tls)
+    path = write_compose(out, sc.num_clients, list(sc.attacker_ids), tls=tls, source=str(scenario))
     typer.echo(f"wrote {path} ({sc.num_clients} SuperNodes, attacker partition(s) {list(sc.attacker_ids)})")
