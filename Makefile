@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export FLWR_HOME ?= $(CURDIR)/.flwr_home
 export FEDATTR_CACHE_DIR ?= $(CURDIR)/.fedattr_cache
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench clean deploy-local
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The demo as separate processes: a SuperLink, 10 SuperNodes and their SuperExecs (docs/deployment.md).
+deploy-local: $(STAMP)
+	$(BIN)/fedattr deploy local $(or $(SCENARIO),scenarios/demo.toml) --out results/$(or $(OUT),demo-deploy)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.evaluators
