@@ -13,7 +13,8 @@ change, Kendall tau) over the rounds of a job first, then summarised over seeds:
   from benign clients rather than created);
 - ``claim_table``: one row per (arm, evaluator, attacker) of a results directory.
 
-``python -m fedattr.stats RESULTS_DIR`` prints the table and this machine's matmul rate.
+``python -m fedattr.stats RESULTS_DIR [HONEST_RESULTS_DIR]`` prints the table and this machine's
+matmul rate (the second directory's honest arm is the accuracy reference when the first has none).
 """
 
 from __future__ import annotations
@@ -195,8 +196,13 @@ def _ratio(a: float, b: float) -> float:
     return a / b if math.isfinite(a) and math.isfinite(b) and b != 0 else math.nan
 
 
-def claim_table(results_dir: str | Path, evaluators: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def claim_table(
+    results_dir: str | Path, evaluators: Sequence[str] | None = None, honest_from: str | Path | None = None
+) -> list[dict[str, Any]]:
     """One row per (non-honest arm, evaluator, attacker) of a results directory.
+
+    ``honest_from`` names another results directory whose honest arm (same seeds, same splits)
+    gives the accuracy reference when ``results_dir`` has none.
 
     Row keys: ``arm``, ``attack``, ``evaluator``, ``attacker``, ``n`` (seeds), ``inflation``
     (:class:`PairedStats` of the per-seed summed inflation), ``rel_cf`` (mean over seeds of
@@ -209,6 +215,7 @@ def claim_table(results_dir: str | Path, evaluators: Sequence[str] | None = None
     from fedattr.report import load_results
 
     res = load_results(results_dir)
+    ref = load_results(honest_from) if honest_from is not None else res
     arms_attack = {a.get("name"): a.get("attack") for a in res.scenario.get("arms") or []}
     evs = list(evaluators) if evaluators else list(res.evaluators)
     honest = res.honest_arm
@@ -223,7 +230,7 @@ def claim_table(results_dir: str | Path, evaluators: Sequence[str] | None = None
                 gains = {r.seed: job_effects(r.rounds, "shapley", pid).get("cf_total", math.nan) for r in runs}
                 infl = [per[s]["inflation"] for s in per]
                 acc_a = {r.seed: r.final_accuracy() for r in runs}
-                acc_h = {r.seed: r.final_accuracy() for r in res.runs(honest)} if honest else {}
+                acc_h = {r.seed: r.final_accuracy() for r in ref.runs(ref.honest_arm)} if ref.honest_arm else {}
                 both = [s for s in acc_a if s in acc_h]
 
                 def mean_of(key: str, d: Mapping[int, Mapping[str, float]] = per) -> float:
@@ -303,11 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedattr.errors import UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m fedattr.stats RESULTS_DIR", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print("usage: python -m fedattr.stats RESULTS_DIR [HONEST_RESULTS_DIR]", file=sys.stderr)
         return 2
     try:
-        rows = claim_table(args[0])
+        rows = claim_table(args[0], honest_from=args[1] if len(args) == 2 else None)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -109,6 +109,8 @@ def test_claim_table_on_stored_results():
         expected.append(sum(r["values"]["shapley"]["0"] - r["counterfactual_values"]["shapley"]["0"] for r in recs))
     assert row["inflation"].n == 2 and row["inflation"].mean == pytest.approx(np.mean(expected))
     assert 0 < row["acc_attack"] < 1 and 0 < row["acc_honest"] < 1
+    again = next(r for r in claim_table(FIXTURE, honest_from=FIXTURE) if r["evaluator"] == "shapley")
+    assert again["acc_honest"] == row["acc_honest"] and again["acc_delta"].n == 2
     text = format_table(rows)
     assert text.count("\n") == len(rows) + 1 and "shapley" in text
 
