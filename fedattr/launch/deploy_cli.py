@@ -38,27 +38,36 @@ def local(scenario: Annotated[Path, _SCENARIO],
               "--out", "-o", help="Results directory (default: <output_dir>/<name>-<time>).")] = None,
           json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
           no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.md/plots.")] = False,
+          device: Annotated[Optional[str], typer.Option(
+              "--device", help="Device every SuperNode trains on (node_config `device`: cpu, cuda or auto); "
+                               "default: the scenario's runtime.device.")] = None,
+          force: Annotated[bool, typer.Option(
+              "--force", help="Start an existing results directory of other settings over (its old "
+                              "results move to superseded/).")] = False,
           ) -> None:
     """Run a scenario on a local deployment: one process per SuperLink, SuperNode and SuperExec.
 
     Example: fedattr deploy local scenarios/demo.toml --out results/demo-deploy
     """
     cli = _cli()
-    cli._user_errors(_local)(cli, scenario, set_ or [], out, json_, no_report)
+    cli._user_errors(_local)(cli, scenario, set_ or [], out, json_, no_report, device, force)
 
 
-def _local(cli: Any, scenario: Path, set_: list[str], out: Optional[Path], json_: bool, no_report: bool) -> None:
+def _local(cli: Any, scenario: Path, set_: list[str], out: Optional[Path], json_: bool, no_report: bool,
+           device: Optional[str] = None, force: bool = False) -> None:
+    from fedattr.errors import UserError
     from fedattr.scenario import load_scenario
 
+    if device is not None and device not in ("cpu", "cuda", "auto"):
+        raise UserError(f"--device {device!r} is not allowed; choose one of cpu, cuda, auto")
     sc = load_scenario(scenario, set_)
     try:
         from fedattr.launch.local import deploy_scenario
     except ImportError as exc:
-        from fedattr.errors import UserError
-
         raise UserError(f"the local deployment launcher cannot be imported: {exc}") from exc
     with cli._ProgressView(cli._err()) as progress:
-        results_dir = Path(deploy_scenario(sc, out_dir=out, progress=progress, scenario_path=scenario.resolve()))
+        results_dir = Path(deploy_scenario(sc, out_dir=out, progress=progress, scenario_path=scenario.resolve(),
+                                           node_extra={"device": device} if device else None, force=force))
     from fedattr.report import summarize, write_report
 
     report_path = None if no_report else write_report(results_dir)

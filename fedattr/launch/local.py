@@ -27,7 +27,7 @@ from typing import IO, Any, Callable
 from fedattr.errors import UserError
 from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_processes, free_port,
                                       project_root, tagged_env)
-from fedattr.results import atomic_write_json, read_jsonl
+from fedattr.results import atomic_write_json, job_state, read_jsonl
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -65,23 +65,26 @@ class LocalDeployment:
 
     Use as a context manager: ``__enter__`` starts everything and waits until each server process
     listens; ``__exit__`` ends every process (and every tagged descendant) by PID. ``processes.json``
-    in ``work_dir`` names each process with its PID, port and role, ``run.tag`` the launch's tag.
+    in ``work_dir`` names each process with its PID, port and role, ``run.tag`` the launch's tag
+    (``tag``, else a new one).
     """
 
     def __init__(self, num_clients: int, attacker_ids: list[int], work_dir: Path,
-                 node_extra: dict[str, str] | None = None, ready_timeout_s: float = 90.0):
+                 node_extra: dict[str, str] | None = None, ready_timeout_s: float = 90.0, tag: str | None = None):
         self.num_clients = num_clients
         self.attacker_ids = attacker_ids
         self.work_dir = work_dir
         self.node_extra = node_extra
         self.ready_timeout_s = ready_timeout_s
+        self.tag = tag
 
     # -- start / stop
     def __enter__(self) -> LocalDeployment:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home_ = self.work_dir / "flwr_home"
         self.flwr_home_.mkdir(parents=True, exist_ok=True)
-        self.tag_ = uuid.uuid4().hex
+        # The results directory's owner passes its tag, so that its watchdog ends this family too.
+        self.tag_ = self.tag or uuid.uuid4().hex
         (self.work_dir / "run.tag").write_text(self.tag_ + "\n")
         self.env_ = tagged_env(self.tag_, self.flwr_home_)
         self.members_: list[Member] = []
@@ -203,11 +206,12 @@ class _Follower:
     first_round_at: float | None = None
 
     def tick(self) -> int:
-        done = sum((Path(j["dir"]) / "summary.json").exists() for j in self.jobs)
+        ended = {j["spec"]["job_id"] for j in self.jobs if job_state(j["dir"]).done}
+        done = len(ended)
         for j in self.jobs:
             d, key = Path(j["dir"]), j["spec"]["job_id"]
             n_rounds = len(read_jsonl(d / "rounds.jsonl"))
-            finished = (d / "summary.json").exists()
+            finished = key in ended
             if n_rounds and self.first_round_at is None:
                 self.first_round_at = time.perf_counter()
             if n_rounds != self.seen.get(key, 0) or (finished and key + "#done" not in self.seen):
@@ -223,35 +227,38 @@ class _Follower:
 
 def execute_plan_local(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, attacker_ids: list[int],
                        work_dir: Path, progress: Progress | None = None, node_extra: dict[str, str] | None = None,
-                       status_every_s: float = 15.0) -> dict[str, Any]:
-    """Run every job of a plan in ONE ``flwr run`` on a local deployment; return timings and status."""
+                       status_every_s: float = 15.0, tag: str | None = None) -> dict[str, Any]:
+    """Run the unfinished jobs of a plan in ONE ``flwr run`` on a local deployment; return timings and status."""
+    from fedattr.launch.simulation import run_error_cause, startup_seconds
+
     work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if all((Path(j["dir"]) / "summary.json").exists() for j in jobs):
+    todo = [j for j in jobs if job_state(j["dir"]).status != "finished"]
+    if not todo:
         _emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
         return {"wall_s": 0.0, "startup_s": 0.0, "status": None}
+    flwr_log = work_dir / "flwr.log"
+    log_start = flwr_log.stat().st_size if flwr_log.exists() else 0
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        with LocalDeployment(num_clients, attacker_ids, work_dir, node_extra) as dep:
+        with LocalDeployment(num_clients, attacker_ids, work_dir, node_extra, tag=tag) as dep:
             _emit(progress, {"event": "log", "message": f"local deployment up: SuperLink {dep.address_}, "
                                                         f"{num_clients} SuperNodes (attacker ids {attacker_ids}); "
                                                         f"processes in {work_dir / 'processes.json'}"})
-            status, follower = _submit_and_follow(dep, plan_path, jobs, work_dir, progress, status_every_s)
+            status, follower = _submit_and_follow(dep, plan_path, todo, work_dir, progress, status_every_s)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    from fedattr.launch.simulation import startup_seconds
-
-    missing = [j["spec"]["job_id"] for j in jobs if not (Path(j["dir"]) / "summary.json").exists()]
-    flwr_log = work_dir / "flwr.log"
-    if missing or (status or {}).get("status", "").endswith(("failed", "stopped")):
-        tail = flwr_log.read_text(errors="replace")[-3000:] if flwr_log.exists() else ""
-        raise UserError(f"the deployed run ended with status {(status or {}).get('status', 'unknown')!r} and "
-                        f"{len(missing)} unfinished job(s) {missing[:3]}; logs in {work_dir}\n"
-                        f"--- last lines of {flwr_log.name} ---\n{tail}")
+    missing = [j["spec"]["job_id"] for j in todo if not job_state(j["dir"]).done]
+    run_status = str((status or {}).get("status") or "unknown")
+    if missing or run_status.endswith(("failed", "stopped")):
+        cause = run_error_cause(flwr_log, log_start) or "no error line found in the log"
+        raise UserError(f"the deployed run ended with status {run_status!r} and {len(missing)} unfinished job(s) "
+                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): {cause}; "
+                        f"logs: {work_dir}")
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "startup_s": startup_seconds(jobs, follower.first_round_at, t0, wall),
-            "status": (status or {}).get("status")}
+    return {"wall_s": wall, "startup_s": startup_seconds(todo, follower.first_round_at, t0, wall),
+            "status": run_status}
 
 
 def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[str, Any]], work_dir: Path,
@@ -293,31 +300,38 @@ def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[st
 
 
 def deploy_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Progress | None = None,
-                    scenario_path: str | Path | None = None, node_extra: dict[str, str] | None = None) -> Path:
+                    scenario_path: str | Path | None = None, node_extra: dict[str, str] | None = None,
+                    force: bool = False) -> Path:
     """Run every arm and seed of ``scenario`` on a local deployment; return the results directory.
 
-    The results directory has the same layout as a simulation run's; ``logs/`` also holds one log
-    per process and ``processes.json``. Re-running into an existing directory resumes it.
+    The results directory has the same layout, ownership and resume rules as a simulation run's
+    (:func:`fedattr.launch.execute.run_scenario`); ``logs/`` also holds one log per process and
+    ``processes.json``.
     """
-    from fedattr.launch.execute import _environment, _finish_environment
-    from fedattr.plan import default_cache_dir, default_results_dir, scenario_jobs, write_plan
-    from fedattr.preflight import check_registries
+    from fedattr.launch.execute import _damaged, _environment, _finish_environment, _results_dir
+    from fedattr.launch.ownership import check_resume, own_results_dir
+    from fedattr.plan import default_cache_dir, scenario_jobs, write_plan
+    from fedattr.preflight import check_scenario
 
-    check_registries(scenario)
-    results_dir = Path(out_dir).expanduser().resolve() if out_dir else default_results_dir(scenario)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(timezone.utc).isoformat()
-    atomic_write_json(results_dir / "scenario.json", scenario.model_dump(mode="json"))
-    env = _environment(" ".join(sys.argv))
-    env["seeds"] = list(scenario.seeds)
-    env["scenario_path"] = str(Path(scenario_path).resolve()) if scenario_path else None
-    env["backend"] = "deployment-local"
-    jobs = scenario_jobs(scenario, results_dir)
-    plan_path = write_plan(results_dir / "plan.json", jobs, scenario.num_clients)
-    extra = {"cache-dir": str(default_cache_dir()), **(node_extra or {})}
-    timings = execute_plan_local(plan_path, jobs, scenario.num_clients, list(scenario.attacker_ids),
-                                 results_dir / "logs", progress, node_extra=extra)
-    _finish_environment(results_dir, env, {k: v for k, v in timings.items() if k != "status"}, started)
+    check_scenario(scenario)
+    results_dir = _results_dir(scenario, out_dir)
+    resolved = scenario.model_dump(mode="json")
+    with own_results_dir(results_dir) as tag:
+        check_resume(results_dir, {"scenario.json": resolved}, force)
+        started = datetime.now(timezone.utc).isoformat()
+        atomic_write_json(results_dir / "scenario.json", resolved)
+        env = _environment(" ".join(sys.argv))
+        env["seeds"] = list(scenario.seeds)
+        env["scenario_path"] = str(Path(scenario_path).resolve()) if scenario_path else None
+        env["backend"] = "deployment-local"
+        jobs = scenario_jobs(scenario, results_dir)
+        _damaged(jobs)
+        plan_path = write_plan(results_dir / "plan.json", jobs, scenario.num_clients)
+        extra = {"cache-dir": str(default_cache_dir()), **(node_extra or {})}
+        timings = execute_plan_local(plan_path, jobs, scenario.num_clients, list(scenario.attacker_ids),
+                                     results_dir / "logs", progress, node_extra=extra, tag=tag)
+        env["run_status"] = timings.pop("status")
+        _finish_environment(results_dir, env, timings, started)
     return results_dir
 
 
