@@ -335,12 +335,17 @@ def test_sigkill_mid_run_leaves_nothing_and_a_rerun_matches_an_uninterrupted_run
     holder = json.loads((killed / LOCK_NAME).read_text())
     tag = holder["tag"]
     assert holder["pid"] == first.pid and tagged_pids(tag)
+    # Freeze the run's Flower processes (not the CLI) so that it is still mid-run, however slow
+    # the machine, while a second run starts; SIGKILL ends stopped processes all the same.
+    family = sorted(set(_family(first.pid) + tagged_pids(tag)) - {first.pid})
+    for pid in tagged_pids(tag):
+        os.kill(pid, signal.SIGSTOP)
     # a second run into the same directory, while the first runs: refused, naming the holder
     second = _cli(["run", str(scenario), "--out", str(killed), "--no-report"])
     assert second.wait(timeout=300) == 2
     err = second.stderr.read()
     assert f"PID {first.pid}" in err and "in use by another fedattr run" in err
-    family = [p for p in _family(first.pid) if p != first.pid] + tagged_pids(tag)
+    assert not all(job_state(j).status == "finished" for j in killed.glob("jobs/*"))  # mid-run
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert _wait(lambda: not any(_alive(p) for p in family), 60), [p for p in family if _alive(p)]
