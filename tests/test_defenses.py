@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,6 @@ from torch import nn
 from fedattr.defenses import DETECTORS, DetectorResult, RoundUpdates, make_detector, root_update, validate_detector
 from fedattr.defenses._stats import robust_z
 from fedattr.defenses.foolsgold import foolsgold_weights
-from fedattr.defenses.krum import krum_scores
 from fedattr.evaluators.layout import StateLayout
 from fedattr.training import train_local
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 from ._stats import as_float64, coordinate_median, robust_z, unit_rows
 from .base import Detector, DetectorResult, RoundUpdates, register_detector
