@@ -234,3 +234,26 @@ def test_utility_input_validation(setup):
         util(torch.zeros(2, 5))
     assert util.score_state_dict(global_state) == pytest.approx(
         manual_utility(model, global_state, x_val, y_val, "accuracy"), abs=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap", "naive"])
+def test_evaluate_all_equals_the_separate_metrics(setup, engine):
+    model, global_state, clients, weights, x_val, y_val = setup
+    masks = [0, 1, 6, 15]
+    params = None
+    separate = {}
+    for metric in ("accuracy", "neg_ce", "balanced_accuracy"):
+        util = ModelUtility(model, x_val, y_val, metric=metric, engine=engine, batch_size=64)
+        game = RoundGame.from_state_dicts(util, global_state, clients, weights=weights)
+        params = game.aggregate_many(masks)
+        separate[metric] = util(params)
+    both = ModelUtility(model, x_val, y_val, metric="accuracy", engine=engine, batch_size=64)
+    out = both.evaluate_all(params)
+    assert set(out) == set(separate)
+    for metric, values in separate.items():
+        np.testing.assert_array_equal(out[metric], values)
+    assert both.n_models_ == len(masks)  # one pass over the parameter sets for all three
+    only = both.evaluate_all(params, ("neg_ce",))
+    assert list(only) == ["neg_ce"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        both.evaluate_all(params, ("recall",))

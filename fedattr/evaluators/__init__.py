@@ -52,6 +52,16 @@ from .stopping import (
     StoppingRule,
 )
 from .utility import ENGINES, METRICS, ModelUtility
+from .surrogate import (
+    SMOOTH_METRIC,
+    SURROGATE_METRICS,
+    SurrogateGame,
+    SurrogateShapley,
+    fedavg_coefficients,
+    surrogate_for,
+    taylor_terms,
+)
+from .control_variate import ControlVariateShapley
 
 __all__ = [
     # games and utilities
@@ -61,7 +71,9 @@ __all__ = [
     # evaluators
     "EVALUATORS", "make_evaluator", "register", "Evaluator", "MonteCarloEvaluator", "BudgetExhausted",
     "IndividualMarginal", "LeaveOneOut", "ExactShapley", "ExactBanzhaf", "BetaShapley", "LeastCore",
-    "TMCShapley", "GTGShapley", "BanzhafMSR", "CGSV",
+    "TMCShapley", "GTGShapley", "BanzhafMSR", "CGSV", "SurrogateShapley", "ControlVariateShapley",
+    # second-order surrogate
+    "SurrogateGame", "SURROGATE_METRICS", "SMOOTH_METRIC", "fedavg_coefficients", "taylor_terms", "surrogate_for",
     "semivalue_from_table", "shapley_weights", "banzhaf_weights", "beta_weights", "walk_permutations",
     # stopping rules
     "StoppingRule", "EstimatorState", "MaxEvaluations", "MaxSamples", "MaxPermutations", "MaxTime",

@@ -215,6 +215,21 @@ class ModelUtility:
     # evaluation --------------------------------------------------------------------------------
     def __call__(self, params: torch.Tensor) -> np.ndarray:
         """Utilities of a ``[K, P]`` batch (or one ``[P]`` vector) of parameter sets, as float64 ``[K]``."""
+        return self._run(params, (self.metric,))[self.metric]
+
+    def evaluate_all(self, params: torch.Tensor, metrics: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
+        """Every metric in ``metrics`` of a ``[K, P]`` batch of parameter sets from one forward pass each.
+
+        Returns ``{metric: float64 [K]}``; each array equals what a :class:`ModelUtility` with that
+        ``metric`` returns for the same parameter sets.
+        """
+        metrics = tuple(dict.fromkeys(metrics))
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ValueError(f"unknown metric(s) {unknown or metrics!r}; valid: {', '.join(METRICS)}")
+        return self._run(params, metrics)
+
+    def _run(self, params: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
         params = torch.as_tensor(params)
         if params.dim() == 1:
             params = params[None]
@@ -222,7 +237,7 @@ class ModelUtility:
             raise ValueError(f"expected parameter sets of shape [K, {self.layout.size}], got {tuple(params.shape)}")
         t0 = time.perf_counter()
         params = params.to(self.device, self.layout.dtype)
-        out = np.empty(params.shape[0], dtype=np.float64)
+        out = {m: np.empty(params.shape[0], dtype=np.float64) for m in metrics}
         step = self.max_coalitions_per_call_
         threads = torch.get_num_threads()
         if self.num_threads is not None:
@@ -232,12 +247,13 @@ class ModelUtility:
                 for start in range(0, params.shape[0], step):
                     chunk = params[start:start + step]
                     if self.strategy_ == "naive":
-                        stats = self._naive(chunk)
+                        stats = self._naive(chunk, metrics)
                     elif self.strategy_ == "vmap":
-                        stats = self._vmap(chunk)
+                        stats = self._vmap(chunk, metrics)
                     else:
-                        stats = self._loop(chunk)
-                    out[start:start + chunk.shape[0]] = self._finish(stats)
+                        stats = self._loop(chunk, metrics)
+                    for m, v in self._finish(stats, metrics).items():
+                        out[m][start:start + chunk.shape[0]] = v
         finally:
             if self.num_threads is not None:
                 torch.set_num_threads(threads)
@@ -257,39 +273,57 @@ class ModelUtility:
             e = s + self.batch_size
             yield self._x[s:e], self._y[s:e], self._onehot[s:e]
 
-    def _stats(self, logits: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        """Summed statistics ``[K, S]`` of ``[K, B, C]`` logits: correct count, CE, per-class correct."""
+    def _stats(self, logits: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor,
+               metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Summed statistics of ``[K, B, C]`` logits per metric: correct count ``[K, 1]``, CE
+        ``[K, 1]``, per-class correct counts ``[K, C]``; accuracy and balanced accuracy share
+        one argmax."""
         k, b, c = logits.shape
-        if self.metric == "neg_ce":
+        out = {}
+        if "neg_ce" in metrics:
             ce = F.cross_entropy(logits.reshape(k * b, c).float(), y.repeat(k), reduction="none")
-            return ce.view(k, b).sum(1, dtype=torch.float64)[:, None]
-        correct = logits.argmax(-1) == y[None]
-        if self.metric == "accuracy":
-            return correct.sum(1, dtype=torch.float64)[:, None]
-        return (correct.to(torch.float32) @ onehot).to(torch.float64)
+            out["neg_ce"] = ce.view(k, b).sum(1, dtype=torch.float64)[:, None]
+        if "accuracy" in metrics or "balanced_accuracy" in metrics:
+            correct = logits.argmax(-1) == y[None]
+            if "accuracy" in metrics:
+                out["accuracy"] = correct.sum(1, dtype=torch.float64)[:, None]
+            if "balanced_accuracy" in metrics:
+                out["balanced_accuracy"] = (correct.to(torch.float32) @ onehot).to(torch.float64)
+        return out
 
-    def _finish(self, stats: torch.Tensor) -> np.ndarray:
-        stats = stats.cpu()
-        if self.metric == "accuracy":
-            return (stats[:, 0] / self.n_val_).numpy()
-        if self.metric == "neg_ce":
-            return (-stats[:, 0] / self.n_val_).numpy()
-        present = self._present.cpu()
-        recall = stats[:, present] / self._class_counts.cpu()[present]
-        return recall.mean(1).numpy()
+    @staticmethod
+    def _add(acc: dict | None, s: dict) -> dict:
+        return s if acc is None else {m: acc[m] + s[m] for m in acc}
 
-    def _loop(self, flats: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _cat(rows: list[dict]) -> dict:
+        return {m: torch.cat([r[m] for r in rows]) for m in rows[0]}
+
+    def _finish(self, stats: dict[str, torch.Tensor], metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+        out = {}
+        for metric in metrics:
+            s = stats[metric].cpu()
+            if metric == "accuracy":
+                out[metric] = (s[:, 0] / self.n_val_).numpy()
+            elif metric == "neg_ce":
+                out[metric] = (-s[:, 0] / self.n_val_).numpy()
+            else:
+                present = self._present.cpu()
+                recall = s[:, present] / self._class_counts.cpu()[present]
+                out[metric] = recall.mean(1).numpy()
+        return out
+
+    def _loop(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
         rows = []
         for k in range(flats.shape[0]):
             params = self.layout.unflatten(flats[k])
             acc = None
             for xb, yb, ob in self._batches():
-                s = self._stats(functional_call(self._model, params, (xb,))[None], yb, ob)
-                acc = s if acc is None else acc + s
+                acc = self._add(acc, self._stats(functional_call(self._model, params, (xb,))[None], yb, ob, metrics))
             rows.append(acc)
-        return torch.cat(rows)
+        return self._cat(rows)
 
-    def _vmap(self, flats: torch.Tensor) -> torch.Tensor:
+    def _vmap(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
         params = self.layout.unflatten_batch(flats)
 
         def forward(p, xb):
@@ -298,11 +332,10 @@ class ModelUtility:
         batched = torch.func.vmap(forward, in_dims=(0, None))
         acc = None
         for xb, yb, ob in self._batches():
-            s = self._stats(batched(params, xb), yb, ob)
-            acc = s if acc is None else acc + s
+            acc = self._add(acc, self._stats(batched(params, xb), yb, ob, metrics))
         return acc
 
-    def _naive(self, flats: torch.Tensor) -> torch.Tensor:
+    def _naive(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
         if self._naive_model is None:
             self._naive_model = copy.deepcopy(self._model)
             # The reference path must not inherit the loop engine's layout hooks.
@@ -312,8 +345,19 @@ class ModelUtility:
         rows = []
         for k in range(flats.shape[0]):
             self._naive_model.load_state_dict(self.layout.to_state_dict(flats[k], self._template_state))
-            rows.append(self._stats(self._naive_model(self._x)[None], self._y, self._onehot))
-        return torch.cat(rows)
+            rows.append(self._stats(self._naive_model(self._x)[None], self._y, self._onehot, metrics))
+        return self._cat(rows)
+
+    # access for gradient-based evaluators ------------------------------------------------------
+    @property
+    def model_(self) -> nn.Module:
+        """The evaluation copy of the model (eval mode, on ``device``); do not modify it."""
+        return self._model
+
+    @property
+    def validation_(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation inputs and labels actually used (after ``val_subset``), on ``device``."""
+        return self._x, self._y
 
     def __repr__(self) -> str:
         return (
