@@ -113,3 +113,18 @@ def test_summary_validation(tmp_path):
     ok = JobSummary(arm="a", seed=1, rounds=2, rounds_recorded=2, attacker_ids=[])
     path.write_text(ok.model_dump_json())
     assert read_summary(path).status == "finished"
+
+
+def test_training_defaults_have_one_source():
+    """The schema's [train] defaults are train_local's; the attacks read train_local's signature."""
+    import inspect
+
+    from fedattr.attacks.base import TRAIN_KEYS
+    from fedattr.scenario import TrainSpec
+    from fedattr.training import train_local
+
+    sig = {k: p.default for k, p in inspect.signature(train_local).parameters.items()}
+    t = TrainSpec()
+    assert (t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay) == (
+        sig["epochs"], sig["batch_size"], sig["lr"], sig["momentum"], sig["weight_decay"])
+    assert TRAIN_KEYS == {k: sig[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay")}

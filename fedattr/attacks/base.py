@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from fedattr.errors import UserError
 from fedattr.training import train_local
 
 #: the local-training keys a round's ``train`` dict may carry, with train_local's defaults
-TRAIN_KEYS = {"epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.0, "weight_decay": 0.0}
+TRAIN_KEYS = {k: p.default for k, p in inspect.signature(train_local).parameters.items()
+              if k in ("epochs", "batch_size", "lr", "momentum", "weight_decay")}
 
 
 @dataclass
