@@ -254,6 +254,12 @@ def test_the_real_cause_of_an_in_run_error_is_one_line(tmp_path):
                  "\x1b[91mERROR \x1b[0m: ServerApp thread raised an exception\n")
     assert run_error_cause(log, start) == "UserError: mnist has 60000 images; the splits do not fit"
     assert run_error_cause(log, log.stat().st_size) is None
+    # Flower's wrappers of a crashed simulation (chained after the cause) are skipped
+    with open(log, "a") as fh:
+        fh.write("Exception: The current node timed out during startup.\n"
+                 "RuntimeError: Simulation Runtime crashed.\n"
+                 "RuntimeError: An error was encountered. Ending simulation.\n")
+    assert run_error_cause(log, start) == "Exception: The current node timed out during startup."
     assert run_error_cause(tmp_path / "absent.log") is None
 
 

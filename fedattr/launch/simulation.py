@@ -174,7 +174,9 @@ def _count_lines(path: Path) -> int:
 
 
 #: a Python exception line as Flower's logs print it, e.g. ``ValueError: ...`` or ``fedattr.errors.UserError: ...``
-_EXC_LINE = re.compile(r"\b((?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)):\s*(.+)$")
+_EXC_LINE = re.compile(r"\b((?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt)):\s*(.+)$")
+#: Flower's own wrappers around the exception that ended a run: they say nothing of its cause
+_WRAPPERS = ("An error was encountered. Ending simulation", "Simulation Runtime crashed")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -190,12 +192,16 @@ def run_error_cause(log_path: Path, start: int = 0) -> str | None:
             text = fh.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    found = None
+    found, wrapper = None, None
     for line in text.splitlines():
         m = _EXC_LINE.search(_ANSI.sub("", line))
         if m and not m.group(2).startswith("Traceback"):
-            found = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
-    return found
+            cause = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+            if any(g in cause for g in _WRAPPERS):
+                wrapper = cause
+            else:
+                found = cause
+    return found or wrapper
 
 
 def startup_seconds(jobs: list[dict[str, Any]], first_round_at: float | None, t0: float, wall: float) -> float:
