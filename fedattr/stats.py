@@ -32,7 +32,7 @@ from scipy import stats as sps
 
 __all__ = [
     "PairedStats", "paired_stats", "ranks_of", "round_effects", "job_effects", "claim_table",
-    "format_table", "matmul_rate",
+    "format_table", "matmul_rate", "detectable_effect",
 ]
 
 
@@ -61,6 +61,12 @@ class PairedStats:
     def t_half(self) -> float:
         """Half-width of the t interval."""
         return (self.t_high - self.t_low) / 2
+
+    @property
+    def detectable(self) -> float:
+        """The smallest effect these seeds detect (80% power, 5% two-sided), from their spread."""
+        sd = float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+        return detectable_effect(sd, self.n)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (nan stays nan; the results writer turns it into null)."""
@@ -99,6 +105,16 @@ def paired_stats(
                              method="percentile", random_state=np.random.default_rng(seed))
         lo, hi = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
     return PairedStats(n, mean, mean - half, mean + half, p, lo, hi, positive, tuple(float(v) for v in xs))
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest mean a two-sided paired t test of ``n`` seeds detects with ``power`` at level ``alpha``.
+
+    (t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n), the usual t approximation; nan for n < 2.
+    """
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return float((sps.t.ppf(1 - alpha / 2, n - 1) + sps.t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
 
 def ranks_of(values: Mapping[Any, float]) -> dict[str, float]:
@@ -268,7 +284,7 @@ def _p(x: float) -> str:
     return "—" if not math.isfinite(x) else (f"{x:.4f}" if x >= 1e-4 else f"{x:.1e}")
 
 
-TABLE_HEADERS = ["arm", "evaluator", "n", "inflation mean [95% t-CI]", "bootstrap CI", "Wilcoxon p", "pos",
+TABLE_HEADERS = ["arm", "evaluator", "n", "inflation mean [95% t-CI]", "bootstrap CI", "Wilcoxon p", "pos", "MDE",
                  "rel. to cf", "share of gain", "rank change", "benign tau", "benign change", "LOO infl.",
                  "acc attack / honest"]
 
@@ -282,6 +298,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             str(r["arm"]), str(r["evaluator"]), str(s.n),
             f"{_num(s.mean)} [{_num(s.t_low)}, {_num(s.t_high)}]",
             f"[{_num(s.boot_low)}, {_num(s.boot_high)}]", _p(s.wilcoxon_p), f"{s.positive}/{s.n}",
+            _num(s.detectable, False),
             _num(r["rel_cf"]), _num(r["rel_gain"]), _num(r["rank_change"]), _num(r["benign_tau"]),
             _num(r["benign_change"]), _num(r["loo_inflation"]),
             f"{_num(r['acc_attack'], False)} / {_num(r['acc_honest'], False)}",

@@ -32,6 +32,15 @@ def test_paired_stats_known_answers():
     assert mixed.positive == 4 and mixed.t_low < 0 < mixed.t_high
 
 
+def test_detectable_effect_known_answer():
+    from fedattr.stats import detectable_effect
+
+    # t(0.975, 9) = 2.262157, t(0.8, 9) = 0.883404
+    assert detectable_effect(1.0, 10) == pytest.approx((2.262157 + 0.883404) / math.sqrt(10), rel=1e-5)
+    assert math.isnan(detectable_effect(1.0, 1))
+    assert paired_stats([1, 2, 3, 4, 5]).detectable == pytest.approx(detectable_effect(math.sqrt(2.5), 5))
+
+
 def test_ranks_of_ties_share_the_mean_rank():
     assert ranks_of({0: 0.3, 1: 0.1, 2: 0.3}) == {"0": 1.5, "1": 3.0, "2": 1.5}
 
