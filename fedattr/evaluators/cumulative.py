@@ -55,7 +55,9 @@ class CumulativeValues:
             raise ValueError(f"{len(players)} players but {values.shape[0]} values")
         if len(set(players)) != len(players):
             raise ValueError("duplicate player ids in one round")
-        mass = float(np.abs(values).sum())
+        # Summed in player order (not numpy's pairwise sum), so records stay bit-identical to
+        # earlier versions of the testbed.
+        mass = sum(abs(v) for v in values.tolist())
         for p, v in zip(players, values.tolist()):
             self.total_[p] = self.total_.get(p, 0.0) + v
             self.normalised_[p] = self.normalised_.get(p, 0.0) + (v / mass if mass > 0 else 0.0)
