@@ -184,6 +184,19 @@ class _Job:
         return {str(k): float(v) for k, v in (self.totals.inflation.get(ev) or {}).items()} if self.totals else {}
 
 
+def _job_from_records(arm: str, seed: int, records: list[dict[str, Any]]) -> _Job:
+    """A job rebuilt from its round records (values summed over rounds, as AttributionTotals)."""
+    from fedattr.attribution import AttributionTotals, RoundAttribution
+
+    job = _Job(arm, seed)
+    job.rounds = records
+    if any("values" in r for r in records):
+        job.totals = AttributionTotals()
+        for r in records:
+            job.totals.update(RoundAttribution(r.get("values") or {}, r.get("counterfactual_values") or {}, {}, {}))
+    return job
+
+
 class _Results:
     """The slice of :class:`fedattr.report.ScenarioResults` the tables use."""
 
@@ -199,6 +212,19 @@ class _Results:
 
     def runs(self, arm: str) -> list[_Job]:
         return [self.jobs[(arm, s)] for s in self.seeds if (arm, s) in self.jobs]
+
+
+def load_in_process(scenario, dirs: list[Path]) -> _Results:
+    """The jobs that in-process runs wrote to ``dirs`` (``<arm>__s<seed>.jsonl``), finished ones only."""
+    res = _Results(scenario, dirs[0])
+    for d in dirs:
+        for f in sorted(Path(d).glob("*__s*.jsonl")):
+            arm, _, seed = f.stem.rpartition("__s")
+            records = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if len(records) == scenario.rounds:
+                res.jobs[(arm, int(seed))] = _job_from_records(arm, int(seed), records)
+    res.seeds = sorted({s for _, s in res.jobs})
+    return res
 
 
 def run_in_process(scenario, out: Path, log=print, after_seed=None) -> _Results:
@@ -323,19 +349,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ap.add_argument("--in-process", action="store_true",
                     help="run the jobs in this process without Flower (the server's parts, same seeds)")
+    ap.add_argument("--arms", help="comma-separated arms to run in process (default: all)")
+    ap.add_argument("--tables-from", type=Path, nargs="+", metavar="DIR",
+                    help="print the table of the finished jobs that in-process runs wrote to DIR(s)")
     args = ap.parse_args(argv)
     results = args.results
     wall = None
-    if args.in_process:
-        from fedattr.scenario import load_scenario
+    from fedattr.scenario import load_scenario
 
+    if args.tables_from:
+        res = load_in_process(load_scenario(args.scenario, args.overrides), args.tables_from)
+    elif args.in_process:
+        scenario = load_scenario(args.scenario, args.overrides)
+        if args.arms:
+            keep = args.arms.split(",")
+            scenario.arms = [a for a in scenario.arms if a.name in keep]
         t0 = time.perf_counter()
         out_dir = args.out or Path("results") / "defenses_claim_inprocess"
 
         def partial(r) -> None:  # the table so far, after every seed
             (out_dir / "table.md").write_text(render(r) + "\n", encoding="utf-8")
 
-        res = run_in_process(load_scenario(args.scenario, args.overrides), out_dir,
+        res = run_in_process(scenario, out_dir,
                              log=lambda m: print(m, file=sys.stderr, flush=True), after_seed=partial)
         wall = time.perf_counter() - t0
     elif results is None:
@@ -348,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         if rc not in (0, 1):  # 1: some job failed; the others still make a table
             return rc
-    if not args.in_process:
+    if not (args.in_process or args.tables_from):
         res = load_results(results)
     if args.json:
         out = as_json(res)
