@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One prepared GPU check (about 5 minutes on one GPU; budget 8): coalition evaluation of the
+# small CNN and VGG-11 on cuda in fp32, tf32 and bf16 (GFLOP/s vs the measured matmul rate,
+# max difference to fp32, client ranking kept), then the surrogate's Taylor terms on cuda.
+# Usage: benchmarks/gpu_check.sh [extra args for benchmarks.gpu_check]
+# Without a GPU it falls back to a tiny CPU run (--device cpu --quick), a smoke test only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    timeout 480 "$PY" -m benchmarks.gpu_check --device cuda "$@"
+else
+    echo "no CUDA device visible: running the CPU smoke test instead" >&2
+    timeout 480 "$PY" -m benchmarks.gpu_check --device cpu --quick "$@"
+fi
