@@ -215,14 +215,14 @@ def _ratio(a: float, b: float) -> float:
 def claim_table(
     results_dir: str | Path, evaluators: Sequence[str] | None = None, honest_from: str | Path | None = None
 ) -> list[dict[str, Any]]:
-    """One row per (non-honest arm, evaluator, attacker) of a results directory.
+    """One row per (non-honest arm, evaluator, attacker) of a results directory (finished jobs only).
 
     ``honest_from`` names another results directory whose honest arm (same seeds, same splits)
     gives the accuracy reference when ``results_dir`` has none.
 
     Row keys: ``arm``, ``attack``, ``evaluator``, ``attacker``, ``n`` (seeds), ``inflation``
     (:class:`PairedStats` of the per-seed summed inflation), ``rel_cf`` (mean over seeds of
-    inflation / sum of the attacker's counterfactual values), ``rel_gain`` (mean of inflation /
+    inflation / |sum of the attacker's counterfactual values|), ``rel_gain`` (mean of inflation /
     the counterfactual round gains, i.e. the sum of the Shapley counterfactual vector, when
     recorded), ``rank_change``, ``benign_tau``, ``benign_change``, ``loo_inflation`` (means over
     seeds), ``acc_attack`` and ``acc_honest`` (mean final test accuracy of this arm and of the
@@ -239,21 +239,23 @@ def claim_table(
     for arm in res.arms:
         if arm == honest:
             continue
-        runs = res.runs(arm)
+        runs = [r for r in res.runs(arm) if r.finished]  # a job still running is not a seed yet
         for ev in evs:
             for pid in res.attacker_ids:
                 per = {r.seed: job_effects(r.rounds, ev, pid) for r in runs}
                 gains = {r.seed: job_effects(r.rounds, "shapley", pid).get("cf_total", math.nan) for r in runs}
                 infl = [per[s]["inflation"] for s in per]
                 acc_a = {r.seed: r.final_accuracy() for r in runs}
-                acc_h = {r.seed: r.final_accuracy() for r in ref.runs(ref.honest_arm)} if ref.honest_arm else {}
+                acc_h = ({r.seed: r.final_accuracy() for r in ref.runs(ref.honest_arm) if r.finished}
+                         if ref.honest_arm else {})
                 both = [s for s in acc_a if s in acc_h]
 
                 def mean_of(key: str, d: Mapping[int, Mapping[str, float]] = per) -> float:
                     xs = [d[s][key] for s in d if math.isfinite(d[s].get(key, math.nan))]
                     return float(np.mean(xs)) if xs else math.nan
 
-                rel_cf = [_ratio(per[s]["inflation"], per[s]["cf_value"]) for s in per]
+                # Against the magnitude: a negative counterfactual value would flip the sign.
+                rel_cf = [_ratio(per[s]["inflation"], abs(per[s]["cf_value"])) for s in per]
                 rel_gain = [_ratio(per[s]["inflation"], gains[s]) for s in per]
                 rows.append({
                     "arm": arm, "attack": arms_attack.get(arm, arm), "evaluator": ev, "attacker": pid,
