@@ -11,8 +11,6 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-import numpy as np
-
 
 def registries() -> dict[str, list[str]]:
     """Every registry name a scenario may use, by kind."""
@@ -35,20 +33,34 @@ def _unknown(field: str, kind: str, name: str, known: list[str]) -> str:
     return f"{field} = {name!r}: unknown {kind} (known: {', '.join(known)}){hint}"
 
 
+def _dry_game(n: int):
+    """A real round game on a tiny linear model: every evaluator, geometric or surrogate, can fit it."""
+    import torch
+    from torch import nn
+
+    from fedattr.evaluators import ModelUtility, RoundGame
+
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x = torch.rand(12, 1, 2, 2, generator=gen)
+    y = torch.arange(12) % 3
+    utility = ModelUtility(model, x, y, metric="neg_ce", num_classes=3)
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = [{k: v + 0.1 * (i + 1) * torch.randn(v.shape, generator=gen) for k, v in base.items()} for i in range(n)]
+    return RoundGame.from_state_dicts(utility, base, states, weights=[10.0 + i for i in range(n)])
+
+
 def check_evaluator(name: str, params: dict[str, Any], num_clients: int) -> str | None:
     """Why evaluator ``name`` with ``params`` cannot run, or None.
 
-    Construction checks names and stopping rules; a dry fit on a small additive game catches
+    Construction checks names and stopping rules; a dry fit on a small real round game catches
     parameters of the wrong type or range, which constructors only store.
     """
-    from fedattr.evaluators import TabularGame, make_evaluator, masks_to_matrix
+    from fedattr.evaluators import make_evaluator
 
     try:
         make_evaluator(name, **params)
-        n = max(2, min(int(num_clients), 4))
-        member = masks_to_matrix(list(range(1 << n)), n)
-        game = TabularGame(member @ np.linspace(0.1, 0.4, n))
-        make_evaluator(name, **params).fit(game, seed=0)
+        make_evaluator(name, **params).fit(_dry_game(max(2, min(int(num_clients), 4))), seed=0)
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad parameter, reported in one line
         return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
     return None

@@ -128,3 +128,31 @@ def test_training_defaults_have_one_source():
     assert (t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay) == (
         sig["epochs"], sig["batch_size"], sig["lr"], sig["momentum"], sig["weight_decay"])
     assert TRAIN_KEYS == {k: sig[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay")}
+
+
+@pytest.mark.parametrize("patch,needle", [
+    ({"attribution": {"evaluators": [{"name": "tmc", "params": {"stop": "x"}}]}}, "stop must be a table"),
+    ({"attribution": {"evaluators": [{"name": "tmc", "params": {"stop": {"standard_eror": 0.01}}}]}},
+     "did you mean 'standard_error'"),
+    ({"attribution": {"evaluators": [{"name": "tmc", "params": {"truncation": "lots"}}]}}, "tmc"),
+    ({"attribution": {"engine": "vmapp"}}, "did you mean 'vmap'"),
+    ({"aggregation": {"strategy": "bulyan", "params": {"num_malicious_nodes": 3}}}, "4f + 3"),
+    ({"detectors": [{"name": "krums"}]}, "did you mean 'krum'"),
+    ({"arms": [{"name": "a", "attack": "latnt"}]}, "unknown attack"),
+])
+def test_every_component_is_checked_before_start_up(patch, needle):
+    from fedattr.components import check_components
+
+    problems = check_components(scenario_from_dict({"num_clients": 10, **patch}))
+    assert len(problems) == 1 and needle in problems[0], problems
+
+
+def test_valid_components_pass_including_stopping_rules_and_round_game_evaluators():
+    from fedattr.components import check_components
+
+    ok = scenario_from_dict({"num_clients": 8, "attribution": {"evaluators": [
+        {"name": "gtg", "params": {"stop": {"standard_error": 0.01, "max_evaluations": 300}}},
+        {"name": "surrogate_shapley"}, {"name": "cgsv"}]},
+        "aggregation": {"strategy": "fedtrimmedavg", "params": {"beta": 0.2}},
+        "detectors": [{"name": "norm"}, {"name": "foolsgold"}]})
+    assert check_components(ok) == []
