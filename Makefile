@@ -32,7 +32,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The demo as separate processes: a SuperLink, 10 SuperNodes and their SuperExecs (docs/deployment.md).
+# The demo as separate processes: a SuperLink, one SuperNode per client, a SuperExec each (docs/deployment.md).
 deploy-local: $(STAMP)
 	$(BIN)/fedattr deploy local $(or $(SCENARIO),scenarios/demo.toml) --out results/$(or $(OUT),demo-deploy)
 

@@ -4,7 +4,7 @@
 #   superlink.crt / superlink.key the SuperLink's certificate (names: superlink, localhost, 127.0.0.1)
 #   supernode-<i> / supernode-<i>.pub  one EC (P-384) key pair per SuperNode, OpenSSH format,
 #                                 for Flower's SuperNode authentication
-# Usage: scripts/make_certs.sh [NUM_SUPERNODES=10]
+# Usage: scripts/make_certs.sh [NUM_SUPERNODES=10]   (one key pair per SuperNode of docker-compose.yml)
 set -euo pipefail
 n="${1:-10}"
 dir="${CERTS_DIR:-certs}"

@@ -19,6 +19,7 @@ import yaml
 from fedattr.launch.compose import compose_text, service_names, tls_text
 from fedattr.launch.processes import FLWR_ENV, free_port, project_root
 from fedattr.results import read_jsonl
+from fedattr.scenario import load_scenario
 
 REPO = project_root()
 TEST_OVERRIDE = REPO / "tests" / "compose" / "docker-compose.test.yml"
@@ -63,9 +64,11 @@ def require_docker(need_engine: bool = True) -> list[str]:
 
 
 def test_committed_compose_files_are_the_generated_ones():
-    # docker-compose.yml / .tls.yml are the generator's output for scenarios/demo.toml (10 nodes).
-    assert (REPO / "docker-compose.yml").read_text() == compose_text(10, [0])
-    assert (REPO / "docker-compose.tls.yml").read_text() == tls_text(10, [0])
+    # docker-compose.yml / .tls.yml are the generator's output for scenarios/demo.toml
+    # (`fedattr deploy compose-file scenarios/demo.toml [--tls]`): one SuperNode per client.
+    demo = load_scenario(REPO / "scenarios" / "demo.toml")
+    assert (REPO / "docker-compose.yml").read_text() == compose_text(demo.num_clients, list(demo.attacker_ids))
+    assert (REPO / "docker-compose.tls.yml").read_text() == tls_text(demo.num_clients, list(demo.attacker_ids))
 
 
 def test_generated_topology():
@@ -155,7 +158,7 @@ def test_compose_deployment_two_rounds(tmp_path):
         t0 = time.perf_counter()
         run = subprocess.run([str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "compose", "--stream",
                               "--run-config", f"scenario='{TINY}' out-dir='{out}'"],
-                             env=env, capture_output=True, text=True, timeout=1500)
+                             env=env, capture_output=True, text=True, timeout=1200)
         (work / "flwr.log").write_text(run.stdout + run.stderr)
         wall = time.perf_counter() - t0
         runs = _runs(env) or []
