@@ -49,7 +49,9 @@ def precision(mode: str, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def matmul_rate(device, mode, size=4096, reps=10):
+def matmul_rate(device, mode, size=None, reps=None):
+    size = size or (4096 if device.type == "cuda" else 1024)
+    reps = reps or (10 if device.type == "cuda" else 3)
     with precision(mode, device):
         a = torch.randn(size, size, device=device)
         b = torch.randn(size, size, device=device)

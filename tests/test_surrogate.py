@@ -174,10 +174,14 @@ def test_surrogate_game_from_round_game_tracks_small_updates(tiny):
     # Small updates: the cubic remainder is negligible, so the surrogate matches the real game.
     small = [util.layout.to_state_dict(base + 0.01 * (u - base), state) for u in util.layout.flatten_many(clients)]
     game = RoundGame.from_state_dicts(util, state, small, weights=[3, 1, 2, 5])
-    sur = SurrogateGame.from_round_game(game)
     masks = list(range(16))
     real = game.values(masks)
-    np.testing.assert_allclose(sur.values(masks), real, atol=1e-5 * np.abs(real - real[0]).max())
+    for center, exact_at in ((False, 0), (True, 15)):
+        sur = SurrogateGame.from_round_game(game, center=center)
+        np.testing.assert_allclose(sur.values(masks), real, atol=1e-5 * np.abs(real - real[0]).max())
+        # Exact at the expansion point (w_t, or the grand coalition's model when centred), up to
+        # ModelUtility's float32 cross-entropy.
+        assert sur.values([exact_at])[0] == pytest.approx(real[exact_at], rel=1e-7)
     ev = make_evaluator("surrogate_shapley").fit(game)
     assert ev.values_.sum() == pytest.approx(game.gain(), rel=1e-9)  # calibrated: efficiency holds
     exact = ExactShapley().fit(game).values_

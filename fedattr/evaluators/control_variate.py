@@ -27,7 +27,7 @@ class ControlVariateShapley(MonteCarloEvaluator):
 
     Parameters
     ----------
-    metric, temperature, calibrate, batch_size, surrogate :
+    metric, temperature, calibrate, batch_size, center, surrogate :
         The surrogate's settings, as in :class:`SurrogateShapley`.
     antithetic : bool
         Pair each permutation with its reverse; a pair is one sample.
@@ -56,7 +56,7 @@ class ControlVariateShapley(MonteCarloEvaluator):
     def __init__(self, metric: str | None = None, temperature: float = 1.0, calibrate: bool = True,
                  antithetic: bool = True, truncation: float | None = None, stop: StoppingRule | None = None,
                  batch_permutations: int = 1, max_exact_players: int = MAX_EXACT_SURROGATE_PLAYERS,
-                 n_permutations_surrogate: int = 4000, batch_size: int = 500,
+                 n_permutations_surrogate: int = 4000, batch_size: int = 500, center: bool = True,
                  surrogate: SurrogateGame | None = None):
         self.metric = metric
         self.temperature = temperature
@@ -68,6 +68,7 @@ class ControlVariateShapley(MonteCarloEvaluator):
         self.max_exact_players = max_exact_players
         self.n_permutations_surrogate = n_permutations_surrogate
         self.batch_size = batch_size
+        self.center = center
         self.surrogate = surrogate
 
     def _default_stop(self):

@@ -201,9 +201,16 @@ class SurrogateGame(Game):
 
     @classmethod
     def from_round_game(cls, game: RoundGame, metric: str | None = None, temperature: float = 1.0,
-                        batch_size: int = 500, chunk: int | None = None) -> "SurrogateGame":
-        """Expand ``game``'s FedAvg round around its base; ``metric`` defaults to the smooth
-        stand-in of the game utility's metric (see ``SMOOTH_METRIC``)."""
+                        batch_size: int = 500, chunk: int | None = None, center: bool = True) -> "SurrogateGame":
+        """Expand ``game``'s FedAvg round; ``metric`` defaults to the smooth stand-in of the game
+        utility's metric (see ``SMOOTH_METRIC``).
+
+        With ``center`` the expansion point is the grand coalition's model ``w_t + sum p_i g_i``
+        (``p`` its FedAvg coefficients) instead of ``w_t``: no coalition is further from it than
+        the farthest client, where from ``w_t`` the full step is. The terms are rewritten as a
+        quadratic in ``c`` (``a = a_N - H p``, ``u0 = U_N - p.a_N + p'Hp/2``), so the game is the
+        same form either way.
+        """
         utility = getattr(game, "utility", None)
         if not isinstance(game, RoundGame) or not hasattr(utility, "model_"):
             raise ValueError("the surrogate needs a RoundGame whose utility is a ModelUtility")
@@ -211,7 +218,14 @@ class SurrogateGame(Game):
             raise ValueError("the surrogate expands FedAvg; this round game uses a custom aggregation")
         metric = metric or SMOOTH_METRIC.get(getattr(utility, "metric", "neg_ce"), "neg_ce")
         t0 = time.perf_counter()
-        u0, a, h = taylor_terms(utility, game.base, game.updates, metric, temperature, batch_size, chunk)
+        if center and game.n:
+            p = fedavg_coefficients(np.ones((1, game.n), dtype=bool), game.weights)[0]
+            point = game.aggregate(game.full_mask)
+            u_n, a_n, h = taylor_terms(utility, point, game.updates, metric, temperature, batch_size, chunk)
+            a = a_n - h @ p
+            u0 = u_n - p @ a_n + 0.5 * p @ h @ p
+        else:
+            u0, a, h = taylor_terms(utility, game.base, game.updates, metric, temperature, batch_size, chunk)
         out = cls(u0, a, h, game.weights, game.players)
         out.metric = metric
         out.taylor_seconds_ = time.perf_counter() - t0
@@ -314,15 +328,15 @@ _SURROGATES: "weakref.WeakKeyDictionary[Game, dict]" = weakref.WeakKeyDictionary
 
 
 def surrogate_for(game: Game, metric: str | None = None, temperature: float = 1.0, batch_size: int = 500,
-                  chunk: int | None = None) -> SurrogateGame:
+                  chunk: int | None = None, center: bool = True) -> SurrogateGame:
     """The (uncalibrated) surrogate of ``game``, computed once per game and settings; a
     :class:`SurrogateGame` is its own surrogate."""
     if isinstance(game, SurrogateGame):
         return game
     memo = _SURROGATES.setdefault(game, {})
-    key = (metric, float(temperature))
+    key = (metric, float(temperature), bool(center))
     if key not in memo:
-        memo[key] = SurrogateGame.from_round_game(game, metric, temperature, batch_size, chunk)
+        memo[key] = SurrogateGame.from_round_game(game, metric, temperature, batch_size, chunk, center)
     return memo[key]
 
 
@@ -350,6 +364,9 @@ class SurrogateShapley(Evaluator):
         Permutations sampled on the surrogate beyond ``max_exact_players``.
     batch_size : int
         Validation examples per double-backward pass.
+    center : bool
+        Expand around the grand coalition's model rather than ``w_t`` (see
+        :meth:`SurrogateGame.from_round_game`).
     surrogate : SurrogateGame, optional
         Use this surrogate instead of expanding the game (e.g. one computed elsewhere).
 
@@ -367,13 +384,14 @@ class SurrogateShapley(Evaluator):
 
     def __init__(self, metric: str | None = None, temperature: float = 1.0, calibrate: bool = True,
                  max_exact_players: int = MAX_EXACT_SURROGATE_PLAYERS, n_permutations: int = 4000,
-                 batch_size: int = 500, surrogate: SurrogateGame | None = None):
+                 batch_size: int = 500, center: bool = True, surrogate: SurrogateGame | None = None):
         self.metric = metric
         self.temperature = temperature
         self.calibrate = calibrate
         self.max_exact_players = max_exact_players
         self.n_permutations = n_permutations
         self.batch_size = batch_size
+        self.center = center
         self.surrogate = surrogate
 
     def _fit(self, game, req, rng):
@@ -388,7 +406,8 @@ class SurrogateShapley(Evaluator):
 
 
 def _calibrated_surrogate(ev, game: Game, req) -> SurrogateGame:
-    sur = ev.surrogate if ev.surrogate is not None else surrogate_for(game, ev.metric, ev.temperature, ev.batch_size)
+    sur = ev.surrogate if ev.surrogate is not None else surrogate_for(
+        game, ev.metric, ev.temperature, ev.batch_size, center=ev.center)
     if sur.n != game.n:
         raise ValueError(f"the surrogate has {sur.n} players, the game {game.n}")
     if ev.calibrate:
