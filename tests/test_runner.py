@@ -23,8 +23,8 @@ def test_registries_list_every_kind():
 
 @pytest.mark.parametrize("patch,needle", [
     ({"model": "alexnet"}, "model = 'alexnet'"),
-    ({"attribution": {"evaluators": [{"name": "shapley", "params": {"budget": 3}}]}}, "attribution.evaluators[0]"),
-    ({"arms": [{"name": "a", "attack": "latent", "params": {"bogus": 1}}]}, "arms[0] ('a')"),
+    ({"attribution": {"evaluators": [{"name": "shapley", "params": {"budget": 3}}]}}, "attribution.evaluators.0 (shapley)"),
+    ({"arms": [{"name": "a", "attack": "latent", "params": {"bogus": 1}}]}, "arms.0 (a)"),
     ({"arms": [{"name": "a", "attack": "teleport"}]}, "teleport"),
 ])
 def test_registry_errors_name_the_field(patch, needle):
