@@ -95,28 +95,30 @@ def _cost(job, ev: str) -> tuple[float, float]:
 
 
 def mitigation_table(res) -> dict[str, dict[str, Any]]:
-    """``{evaluator: {inflation, left, left_median, tau, evals, seconds}}`` for the attack arm."""
+    """``{evaluator: {inflation, left, left_median, tau, tau_own, honest_tau, evals, seconds}}``.
+
+    Inflation and the taus come from the latent-attack arm; ``honest_tau`` (all clients, the
+    evaluator against plain Shapley in the honest arm) and the cost from the honest arm.
+    """
     arm = _arm_of(res, "latent")
-    if arm is None or not res.attacker_ids:
-        return {}
-    att = res.attacker_ids[0]
-    plain_infl = {j.seed: j.counterfactual_inflation(PLAIN).get(att, math.nan) for j in res.runs(arm)}
+    att = res.attacker_ids[0] if res.attacker_ids else None
+    attack_runs = res.runs(arm) if arm and att is not None else []
+    honest_runs = res.runs(res.honest_arm) if res.honest_arm else []
+    plain_infl = {j.seed: j.counterfactual_inflation(PLAIN).get(att, math.nan) for j in attack_runs}
     out = {}
     for ev in res.evaluators:
-        infl, ratios, taus, taus_own, evals, secs = {}, [], [], [], [], []
-        for job in res.runs(arm):
+        infl, ratios, taus, taus_own = {}, [], [], []
+        for job in attack_runs:
             infl[job.seed] = job.counterfactual_inflation(ev).get(att, math.nan)
             p = plain_infl.get(job.seed, math.nan)
             if math.isfinite(p) and p != 0 and math.isfinite(infl[job.seed]):
                 ratios.append(infl[job.seed] / p)
-            e, s = _cost(job, ev)
-            evals.append(e)
-            secs.append(s)
             honest = res.jobs.get((res.honest_arm, job.seed)) if res.honest_arm else None
             if honest is not None:
                 benign = [c for c in job.cumulative(ev) if c not in res.attacker_ids]
                 taus.append(kendall_between(honest.cumulative(PLAIN), job.cumulative(ev), keys=benign))
                 taus_own.append(kendall_between(honest.cumulative(ev), job.cumulative(ev), keys=benign))
+        costs = [_cost(j, ev) for j in honest_runs]
         paired = [s for s in infl if math.isfinite(infl[s]) and math.isfinite(plain_infl.get(s, math.nan))]
         denom = sum(plain_infl[s] for s in paired)
         out[ev] = {
@@ -125,8 +127,9 @@ def mitigation_table(res) -> dict[str, dict[str, Any]]:
             "left_median": float(np.median(ratios)) if ratios else math.nan,
             "tau": mean_ci(taus),
             "tau_own": mean_ci(taus_own),
-            "evals": float(np.nanmean(evals)) if evals else math.nan,
-            "seconds": float(np.nanmean(secs)) if secs else math.nan,
+            "honest_tau": mean_ci([kendall_between(j.cumulative(PLAIN), j.cumulative(ev)) for j in honest_runs]),
+            "evals": float(np.nanmean([c[0] for c in costs])) if costs else math.nan,
+            "seconds": float(np.nanmean([c[1] for c in costs])) if costs else math.nan,
         }
     return out
 
@@ -148,11 +151,13 @@ def render(res) -> str:
     mit = mitigation_table(res)
     md += ["", f"Mitigations on the latent-attack arm (inflation = counterfactual inflation of the attacker, "
            f"summed over rounds; left = paired share of {PLAIN}'s; tau = benign Kendall tau vs honest-arm {PLAIN}; "
-           "tau own = vs the same evaluator's honest arm):", ""]
+           "tau own = vs the same evaluator's honest arm; honest tau = all clients, vs shapley, in the honest arm; "
+           "cost per round in the honest arm):", ""]
     md.append(_table(
-        ["evaluator", "inflation", "left (sum)", "left (median)", "benign tau", "tau own", "evals/round", "s/round"],
+        ["evaluator", "inflation", "left (sum)", "left (median)", "benign tau", "tau own", "honest tau", "evals/round",
+         "s/round"],
         [[ev, fmt_ci(r["inflation"]), fmt_num(r["left"], signed=False), fmt_num(r["left_median"], signed=False),
-          fmt_ci(r["tau"]), fmt_ci(r["tau_own"]), f"{r['evals']:.0f}" if math.isfinite(r["evals"]) else "—",
+          fmt_ci(r["tau"]), fmt_ci(r["tau_own"]), fmt_ci(r["honest_tau"]), f"{r['evals']:.0f}" if math.isfinite(r["evals"]) else "—",
           f"{r['seconds']:.2f}" if math.isfinite(r["seconds"]) else "—"] for ev, r in mit.items()]))
     return "\n".join(md)
 
