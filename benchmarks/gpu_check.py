@@ -70,12 +70,16 @@ def _sync(device):
 
 
 def kendall_tau(a, b):
+    """Kendall's tau over the pairs that neither ranking ties (1 = same order)."""
     n = len(a)
-    s = 0
+    s = pairs = 0
     for i in range(n):
         for j in range(i + 1, n):
-            s += np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
-    return s / (n * (n - 1) / 2)
+            d = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
+            if d != 0:
+                s += d
+                pairs += 1
+    return s / pairs if pairs else 1.0
 
 
 def make_round(name, n, n_val, device, seed=0):
@@ -130,7 +134,7 @@ def check_model(name, n, n_val, device, modes):
         if ref is None:
             ref = (v, phi)
         rate = flops * len(masks) / sec / 1e9
-        print(f"{mode:<10}{sec:>9.2f}{rate:>10.1f}{peak:>10.0f}{100 * rate / peak:>7.1f}%"
+        print(f"{mode:<10}{sec:>9.2f}{rate:>10.2f}{peak:>10.1f}{100 * rate / peak:>7.1f}%"
               f"{np.abs(v - ref[0]).max():>11.1e}{kendall_tau(phi, ref[1]):>7.2f}", flush=True)
     return model, state, states, weights, x_val, y_val
 
@@ -155,9 +159,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of the script on CPU)")
-    ap.add_argument("--n", type=int, default=None, help="clients (default 10; quick 4)")
-    ap.add_argument("--n-val", type=int, default=None, help="validation images (default 1000; quick 64)")
-    ap.add_argument("--models", nargs="+", default=["cnn", "vgg11"], choices=["cnn", "vgg11"])
+    ap.add_argument("--n", type=int, default=None, help="clients (default 10; quick 3)")
+    ap.add_argument("--n-val", type=int, default=None, help="validation images (default 1000; quick 32)")
+    ap.add_argument("--models", nargs="+", default=None, choices=["cnn", "vgg11"],
+                    help="default cnn vgg11; quick cnn")
     ap.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS,
                     help="default fp32 tf32 bf16 on cuda, fp32 bf16 on cpu")
     args = ap.parse_args(argv)
@@ -166,13 +171,14 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
-    n = args.n or (4 if args.quick else 10)
-    n_val = args.n_val or (64 if args.quick else 1000)
-    modes = args.precisions or (list(PRECISIONS) if device.type == "cuda" else ["fp32", "bf16"])
+    n = args.n or (3 if args.quick else 10)
+    n_val = args.n_val or (32 if args.quick else 1000)
+    modes = args.precisions or (list(PRECISIONS) if device.type == "cuda" else ["fp32"] if args.quick else ["fp32", "bf16"])
+    models = args.models or (["cnn"] if args.quick else ["cnn", "vgg11"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     print(f"# fedattr GPU check: torch {torch.__version__}, device {name}")
     t0 = time.perf_counter()
-    for m in args.models:
+    for m in models:
         out = check_model(m, n, n_val, device, modes)
         if m == "cnn":
             check_surrogate(*out, device, modes)
