@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fedattr run scenarios/demo.toml --out results/demo
+	@start=$$(date +%s); \
+	$(BIN)/fedattr run scenarios/demo.toml --out results/demo && \
+	$(BIN)/python -m fedattr.stats results/demo && \
+	echo "make demo: $$(( $$(date +%s) - start )) s wall on this machine (matmul rate above)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

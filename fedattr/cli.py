@@ -25,7 +25,7 @@ from rich.table import Table
 
 from fedattr.errors import UserError
 from fedattr.launch.deploy_cli import deploy_app
-from fedattr.scenario import (Scenario, ScenarioError, check_names, dump_resolved, expand_grid,
+from fedattr.scenario import (Scenario, ScenarioError, dump_resolved, expand_grid,
                               load_scenario, parse_grid, schema_text)
 
 __all__ = ["app", "main"]
@@ -103,20 +103,15 @@ def _launcher() -> Any:
     return launcher
 
 
-def _check_registry(launcher: Any, scenario: Scenario) -> str:
-    """Fail on names the registries lack; return a note when they cannot be read.
-
-    A registry that cannot be loaded (a module still missing, say) must not hide the result
-    of the schema validation, so it only yields a note.
-    """
+def _check_registry(scenario: Scenario) -> str:
+    """Fail on any component the scenario names wrongly (``fedattr.components``, the one path)."""
     try:
-        registries = launcher.registries()
-    except Exception as exc:  # noqa: BLE001 - any failure to load registries is only a note
-        return f" (names not checked: {type(exc).__name__}: {exc})"
-    problems = check_names(scenario, registries)
+        from fedattr.components import check_components
+    except ImportError as exc:
+        return f" (names not checked: {exc})"
+    problems = check_components(scenario)
     if problems:
-        raise ScenarioError("unknown names in the scenario:\n" +
-                            "\n".join(f"  - {p}" for p in problems))
+        raise ScenarioError("invalid scenario components:\n" + "\n".join(f"  - {p}" for p in problems))
     return ""
 
 
@@ -445,12 +440,7 @@ def scenario_check(scenario: ScenarioArg, set_: SetOpt = None, json_: Annotated[
     sc = load_scenario(scenario, set_ or [])
     note = ""
     if registry:
-        try:
-            import fedattr.launch.execute as launcher
-        except ImportError as exc:
-            note = f" (names not checked: {exc})"
-        else:
-            note = _check_registry(launcher, sc)
+        note = _check_registry(sc)
     if json_:
         _print_json(dump_resolved(sc))
     else:

@@ -201,8 +201,10 @@ class RoundRecord(_Record):
 
     schema_version: int = SCHEMA_VERSION
     arm: str
-    #: The training seed (minibatch order, model initialisation, attack randomness).
+    #: The run seed (names the job).
     seed: int
+    #: The training seed: minibatch order, model initialisation, attack randomness (the run seed).
+    train_seed: int | None = None
     #: The seed of the client partitions (equals ``seed`` unless the scenario holds the split fixed).
     partition_seed: int | None = None
     attacker_ids: list[int]
@@ -236,6 +238,7 @@ class JobSummary(_Record):
     failure_reason: str | None = None
     arm: str
     seed: int
+    train_seed: int | None = None
     partition_seed: int | None = None
     rounds: int
     rounds_recorded: int

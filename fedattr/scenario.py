@@ -53,7 +53,6 @@ __all__ = [
     "parse_overrides",
     "parse_grid",
     "expand_grid",
-    "check_names",
     "schema_text",
 ]
 
@@ -686,32 +685,6 @@ def expand_grid(scenario: Scenario, grid: Mapping[str, Sequence[str]]
                 raise
             raise ScenarioError(f"grid point {label}: {exc}") from None
     return points
-
-
-# --------------------------------------------------------------------------- registry names
-
-def check_names(scenario: Scenario, registries: Mapping[str, Sequence[str]]) -> list[str]:
-    """Names in ``scenario`` that a registry does not know, as readable error lines.
-
-    ``registries`` maps datasets/models/evaluators/attacks/aggregators to known names (as
-    ``fedattr.runner.registries()`` returns); a missing registry is not checked.
-    """
-    wanted = [("data.dataset", "datasets", scenario.data.dataset),
-              ("model", "models", scenario.model),
-              ("aggregation.strategy", "aggregators", scenario.aggregation.strategy)]
-    wanted += [(f"attribution.evaluators.{i}.name", "evaluators", e.name)
-               for i, e in enumerate(scenario.attribution.evaluators)]
-    wanted += [(f"arms.{i}.attack", "attacks", a.attack) for i, a in enumerate(scenario.arms)]
-    problems = []
-    for field, registry, name in wanted:
-        known = registries.get(registry)
-        if known is None or name in known:
-            continue
-        close = difflib.get_close_matches(name, list(known), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        problems.append(f"{field} = {name!r}: unknown {registry[:-1]} (known: "
-                        f"{', '.join(known)}){hint}")
-    return problems
 
 
 # --------------------------------------------------------------------------- TOML output

@@ -131,7 +131,7 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
     attributed = AttributedStrategy(
         strategy, scorer, central_evaluate=central_evaluate, record_round=record_round,
         detectors=_detector_step(entry, job, splits, device),
-        job_info={"arm": job.spec.arm, "seed": job.seed, "partition_seed": job.partition_seed(),
+        job_info={"arm": job.spec.arm, "seed": job.seed, "train_seed": job.seed, "partition_seed": job.partition_seed(),
                   "attacker_ids": job.attacker_ids},
         min_clients=min_clients,
     )
@@ -157,7 +157,7 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
     totals = attributed.totals
     summary = JobSummary(
         status="failed" if failure else "finished", failure_reason=failure,
-        arm=job.spec.arm, seed=job.seed, partition_seed=job.partition_seed(), rounds=rounds,
+        arm=job.spec.arm, seed=job.seed, train_seed=job.seed, partition_seed=job.partition_seed(), rounds=rounds,
         rounds_recorded=len(rounds_done),
         attacker_ids=job.attacker_ids, initial_test=initial_test,
         final_test=dict(final) if final is not None else None,
