@@ -36,7 +36,10 @@ def test_every_shipped_scenario_loads_and_round_trips(path):
     sc = load_scenario(path)
     assert sc.name == path.stem
     assert scenario_from_dict(tomllib.loads(sc.to_toml())) == sc
-    assert sc.honest_arm() is not None
+    # Studies compare against an honest arm; claim.toml's runs in claim_controls.toml (same seeds),
+    # and scale100.toml measures cost only.
+    if path.stem not in ("claim", "scale100"):
+        assert sc.honest_arm() is not None
 
 
 def test_demo_scenario_is_the_documented_one():
