@@ -78,6 +78,8 @@ def detector_table(res) -> dict[str, dict[str, Any]]:
         for col, arm in columns.items():
             row[col] = mean_ci([_flag_rate(j, det, attackers) for j in res.runs(arm)] if arm else [])
         if res.honest_arm:
+            # The attacker's partition behaving honestly: how often its data alone gets it flagged.
+            row["attacker id, honest arm"] = mean_ci([_flag_rate(j, det, attackers) for j in res.runs(res.honest_arm)])
             row["benign (honest arm)"] = mean_ci(
                 [_flag_rate(j, det, [p for p in _clients(j)]) for j in res.runs(res.honest_arm)])
         out[det] = row
