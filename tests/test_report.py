@@ -340,3 +340,37 @@ def test_markdown_to_html_subset():
     assert '<a href="x.md">link</a>' in page and "<li>a</li>" in page
     assert "<th>h1</th>" in page and "<td>1 | 2</td>" in page
     assert '<img alt="p" src="p.png">' in page and "&lt;x&gt;" in page
+
+
+def _with_detector_records(tmp_path):
+    """results_small/run with a `norm` detector that flags the attacker (0) in every attack-arm
+    round and benign client 3 in round 1 of every job."""
+    run = tmp_path / "run"
+    shutil.copytree(SMALL / "run", run)
+    for path in sorted((run / "jobs").glob("*/rounds.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for rec in records:
+            attack = rec["arm"] == "attack"
+            flags = {str(p): (p == 0 and attack) or (p == 3 and rec["round"] == 1) for p in rec["clients"]}
+            scores = {str(p): (10.0 if p == 0 and attack else 1.0 + 0.1 * p) for p in rec["clients"]}
+            rec["detectors"] = {"norm": {"scores": scores, "flags": flags,
+                                         "ranks": {str(p): i + 1 for i, p in enumerate(rec["clients"])},
+                                         "mode": "observe", "info": {}}}
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def test_detector_flag_rates_and_plot(tmp_path):
+    from fedattr.report import write_report
+    from fedattr.report.detectors import detector_rows
+
+    run = _with_detector_records(tmp_path)
+    headers, rows = detector_rows(load_results(run))
+    by_arm = {r[1]: r for r in rows}
+    assert headers[2] == "attacker flag rate" and set(by_arm) == {"attack", "honest"}
+    # attack arm: attacker flagged in every round; benign: 1 of 3 benign clients in 1 of 3 rounds.
+    assert by_arm["attack"][2].startswith("1.0000") and by_arm["honest"][2].startswith("0.0000")
+    assert by_arm["attack"][3].startswith(fmt_num(1 / 9, signed=False))
+    text = write_report(run).read_text()
+    assert "## Detectors" in text and "detector_scores.png" in text
+    assert (run / "plots" / "detector_scores.png").stat().st_size > 0

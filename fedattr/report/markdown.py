@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedattr.report.detectors import detector_markdown
 from fedattr.report.reader import ScenarioResults
 from fedattr.report.stats import as_float, ci_from, fmt_ci
 from fedattr.report.summary import arm_attack, failure_rows, inflation_difference, paired_accuracy
@@ -145,6 +146,8 @@ def scenario_markdown(res: ScenarioResults, summary: Mapping[str, Any],
             for arm in res.arms if arm != res.honest_arm for ev in res.evaluators]
     md += md_table(["arm", "evaluator", "Kendall tau"], rows) if rows and res.honest_arm else \
         ["No honest arm to compare with.", ""]
+
+    md += detector_markdown(res)
 
     md += ["## Plots", ""]
     for caption, p in plots:

@@ -187,8 +187,12 @@ def scenario_plots(res: ScenarioResults, out: Path) -> list[tuple[str, Path]]:
         plots.append((f"Attacker {pid}: value and rank", _plot_attacker(res, pid, colors, out)))
         plots.append((f"Attacker {pid}: cumulative value by round",
                       _plot_attacker_rounds(res, pid, colors, out)))
+    from fedattr.report.detectors import plot_detector_scores
+
     for caption, p in (("Benign ranking change (Kendall tau)", _plot_kendall(res, colors, out)),
-                       ("Label coverage", _plot_labels(res, out))):
+                       ("Label coverage", _plot_labels(res, out)),
+                       ("Detector scores: the attacker against the benign spread, per round",
+                        plot_detector_scores(res, out))):
         if p is not None:
             plots.append((caption, p))
     return plots
