@@ -239,7 +239,9 @@ def execute_plan_local(plan_path: Path, jobs: list[dict[str, Any]], num_clients:
         return {"wall_s": 0.0, "startup_s": 0.0, "status": None}
     flwr_log = work_dir / "flwr.log"
     log_start = flwr_log.stat().st_size if flwr_log.exists() else 0
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a process started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and Ctrl-C (or a SIGINT from a supervisor) must still end the run and its processes.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with LocalDeployment(num_clients, attacker_ids, work_dir, node_extra, tag=tag) as dep:
             _emit(progress, {"event": "log", "message": f"local deployment up: SuperLink {dep.address_}, "

@@ -97,7 +97,9 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
     fed_cfg = (f"num-supernodes={num_clients} client-resources-num-cpus={cpus} "
                f"client-resources-num-gpus={runtime.client_gpus}")
     # SIGTERM/SIGHUP would end this process without running the cleanup below.
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a process started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and Ctrl-C (or a SIGINT from a supervisor) must still end the run and its processes.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         return _execute(plan_path, todo, num_clients, fed_cfg, work_dir, flwr_log, t0, progress, tag)
     finally:
