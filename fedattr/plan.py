@@ -7,18 +7,12 @@ whose ``summary.json`` exists is skipped, so an interrupted plan resumes where i
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from fedattr.results import atomic_write_json, job_name, read_json
 from fedattr.task import plan_entry
-
-
-def default_cache_dir() -> Path:
-    """Where trained generators are cached (``FEDATTR_CACHE_DIR`` overrides)."""
-    return Path(os.environ.get("FEDATTR_CACHE_DIR", Path.home() / ".cache" / "fedattr" / "generators")).resolve()
 
 
 def default_results_dir(scenario: Any, anchor: Path | None = None) -> Path:
@@ -32,11 +26,11 @@ def default_results_dir(scenario: Any, anchor: Path | None = None) -> Path:
     return (base / f"{scenario.name}-{stamp}").resolve()
 
 
-def scenario_jobs(scenario: Any, results_dir: Path, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+def scenario_jobs(scenario: Any, results_dir: Path) -> list[dict[str, Any]]:
     """One plan entry (``fedattr.protocol.PlanEntry``, as JSON) per (arm, seed) of ``scenario``.
 
-    Seeds are outermost so that the arms of a seed run together. ``cache_dir`` is not part of a
-    job any more (each node finds its own generator cache); it is accepted for old callers.
+    Seeds are outermost so that the arms of a seed run together. No cache or data path is part
+    of a job: each node finds its own.
     """
     jobs = []
     for seed in scenario.seeds:

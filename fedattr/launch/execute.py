@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from fedattr.errors import UserError
 from fedattr.launch.generator import train_generator
 from fedattr.launch.ownership import check_resume, own_results_dir
 from fedattr.launch.simulation import Progress, execute_plan
-from fedattr.plan import default_cache_dir, default_results_dir, scenario_jobs, write_plan
+from fedattr.plan import default_results_dir, scenario_jobs, write_plan
 from fedattr.preflight import check_out_dir, check_scenario, registries
 from fedattr.results import atomic_write_json, job_state
 
@@ -62,15 +65,23 @@ def _results_dir(scenario: Any, out_dir: str | Path | None, suffix: str = "") ->
     return check_out_dir(default.with_name(default.name + suffix))
 
 
-def run_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Progress | None = None,
-                 scenario_path: str | Path | None = None, force: bool = False) -> Path:
-    """Run every arm and seed of ``scenario`` in one Flower simulation; return the results directory.
+@dataclass
+class PreparedRun:
+    """A results directory owned for one scenario run, its plan written (see :func:`prepared_run`)."""
 
-    Re-running into an existing results directory resumes it: finished jobs are kept, failed and
-    unfinished ones are run again. A directory of other settings is refused unless ``force``
-    (then its old results move to ``superseded/``). Every check that can fail before start-up
-    runs first (:func:`fedattr.preflight.check_scenario`).
-    """
+    results_dir: Path
+    tag: str
+    jobs: list[dict[str, Any]]
+    plan_path: Path
+    environment: dict[str, Any]
+
+
+@contextmanager
+def prepared_run(scenario: Any, out_dir: str | Path | None, scenario_path: str | Path | None,
+                 force: bool) -> Iterator[PreparedRun]:
+    """What every launcher does around running a plan: pre-flight checks, own the directory,
+    refuse a resume of other settings, write scenario.json and plan.json, and on success write
+    environment.json with the timings the launcher puts in ``run.environment``."""
     check_scenario(scenario)
     results_dir = _results_dir(scenario, out_dir)
     resolved = scenario.model_dump(mode="json")
@@ -81,13 +92,27 @@ def run_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Pro
         env = _environment(" ".join(sys.argv))
         env["seeds"] = list(scenario.seeds)
         env["scenario_path"] = str(Path(scenario_path).resolve()) if scenario_path else None
-        jobs = scenario_jobs(scenario, results_dir, default_cache_dir())
+        jobs = scenario_jobs(scenario, results_dir)
         _damaged(jobs)
         plan_path = write_plan(results_dir / "plan.json", jobs, scenario.num_clients)
-        timings = execute_plan(plan_path, jobs, scenario.num_clients, scenario.runtime, results_dir / "logs",
-                               progress, tag=tag)
-        _finish_environment(results_dir, env, timings, started)
-    return results_dir
+        run = PreparedRun(results_dir, tag, jobs, plan_path, env)
+        yield run
+        _finish_environment(results_dir, env, {}, started)
+
+
+def run_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Progress | None = None,
+                 scenario_path: str | Path | None = None, force: bool = False) -> Path:
+    """Run every arm and seed of ``scenario`` in one Flower simulation; return the results directory.
+
+    Re-running into an existing results directory resumes it: finished jobs are kept, failed and
+    unfinished ones are run again. A directory of other settings is refused unless ``force``
+    (then its old results move to ``superseded/``). Every check that can fail before start-up
+    runs first (:func:`fedattr.preflight.check_scenario`).
+    """
+    with prepared_run(scenario, out_dir, scenario_path, force) as run:
+        run.environment.update(execute_plan(run.plan_path, run.jobs, scenario.num_clients, scenario.runtime,
+                                            run.results_dir / "logs", progress, tag=run.tag))
+    return run.results_dir
 
 
 def run_sweep(scenario: Any, points: list[tuple[dict[str, str], Any]], out_dir: str | Path | None = None,
@@ -115,7 +140,7 @@ def run_sweep(scenario: Any, points: list[tuple[dict[str, str], Any]], out_dir: 
             pdir = sweep_dir / "points" / f"p{i:03d}"
             pdir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(pdir / "scenario.json", point.model_dump(mode="json"))
-            jobs += scenario_jobs(point, pdir, default_cache_dir())
+            jobs += scenario_jobs(point, pdir)
             entries.append({"overrides": overrides, "dir": f"points/p{i:03d}"})
         _damaged(jobs)
         plan_path = write_plan(sweep_dir / "plan.json", jobs, sizes.pop())

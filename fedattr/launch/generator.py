@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fedattr.errors import UserError
-from fedattr.plan import default_cache_dir
+from fedattr.protocol import default_cache_dir
 
 
 def train_generator(scenario: Any, source: str = "public", partition_id: int | None = None,

@@ -16,11 +16,9 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -310,31 +308,17 @@ def deploy_scenario(scenario: Any, out_dir: str | Path | None = None, progress: 
     (:func:`fedattr.launch.execute.run_scenario`); ``logs/`` also holds one log per process and
     ``processes.json``.
     """
-    from fedattr.launch.execute import _damaged, _environment, _finish_environment, _results_dir
-    from fedattr.launch.ownership import check_resume, own_results_dir
-    from fedattr.plan import default_cache_dir, scenario_jobs, write_plan
-    from fedattr.preflight import check_scenario
+    from fedattr.launch.execute import prepared_run
+    from fedattr.protocol import default_cache_dir
 
-    check_scenario(scenario)
-    results_dir = _results_dir(scenario, out_dir)
-    resolved = scenario.model_dump(mode="json")
-    with own_results_dir(results_dir) as tag:
-        check_resume(results_dir, {"scenario.json": resolved}, force)
-        started = datetime.now(timezone.utc).isoformat()
-        atomic_write_json(results_dir / "scenario.json", resolved)
-        env = _environment(" ".join(sys.argv))
-        env["seeds"] = list(scenario.seeds)
-        env["scenario_path"] = str(Path(scenario_path).resolve()) if scenario_path else None
-        env["backend"] = "deployment-local"
-        jobs = scenario_jobs(scenario, results_dir)
-        _damaged(jobs)
-        plan_path = write_plan(results_dir / "plan.json", jobs, scenario.num_clients)
+    with prepared_run(scenario, out_dir, scenario_path, force) as run:
+        run.environment["backend"] = "deployment-local"
         extra = {"cache-dir": str(default_cache_dir()), **(node_extra or {})}
-        timings = execute_plan_local(plan_path, jobs, scenario.num_clients, list(scenario.attacker_ids),
-                                     results_dir / "logs", progress, node_extra=extra, tag=tag)
-        env["run_status"] = timings.pop("status")
-        _finish_environment(results_dir, env, timings, started)
-    return results_dir
+        timings = execute_plan_local(run.plan_path, run.jobs, scenario.num_clients, list(scenario.attacker_ids),
+                                     run.results_dir / "logs", progress, node_extra=extra, tag=run.tag)
+        run.environment["run_status"] = timings.pop("status")
+        run.environment.update(timings)
+    return run.results_dir
 
 
 __all__ = ["LocalDeployment", "deploy_scenario", "execute_plan_local", "node_config", "latest_run", "CONNECTION"]
