@@ -59,7 +59,6 @@ def check_evaluator(name: str, params: dict[str, Any], num_clients: int) -> str 
     from fedattr.evaluators import make_evaluator
 
     try:
-        make_evaluator(name, **params)
         make_evaluator(name, **params).fit(_dry_game(max(2, min(int(num_clients), 4))), seed=0)
     except Exception as exc:  # noqa: BLE001 - any failure here is a bad parameter, reported in one line
         return f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
