@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from fedattr.evaluators.aggregation import krum_scores_from_distances
 
 from ._stats import squared_distances
 from .base import Detector, DetectorResult, RoundUpdates, register_detector
 
 
 def krum_scores(dist: np.ndarray, f: int) -> np.ndarray:
-    """Krum score of each row of a squared-distance matrix: the sum of its ``n - f - 2`` smallest
-    distances to the others (at least 1 neighbour)."""
-    n = dist.shape[0]
-    if n <= 1:
-        return np.zeros(n)
-    k = max(1, n - f - 2)
-    off = dist + np.diag(np.full(n, np.inf))  # never count a client as its own neighbour
-    return np.sort(off, axis=1)[:, :k].sum(1)
+    """Krum score of each row of a squared-distance matrix (zero diagonal): the sum of its
+    ``n - f - 2`` smallest distances to the others (at least 1 neighbour); the aggregation
+    rule's own function, so detector and Krum selection agree."""
+    if dist.shape[0] <= 1:
+        return np.zeros(dist.shape[0])
+    return krum_scores_from_distances(torch.from_numpy(np.asarray(dist, dtype=np.float64)), f).numpy()
 
 
 def _check_f(name: str, f, n: int) -> None:

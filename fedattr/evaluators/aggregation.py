@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CoordinateMedian", "TrimmedMean", "KrumSelect", "BulyanRule", "krum_scores"]
+__all__ = ["CoordinateMedian", "TrimmedMean", "KrumSelect", "BulyanRule", "krum_scores", "krum_scores_from_distances"]
 
 
 def _median(u: torch.Tensor) -> torch.Tensor:
@@ -43,10 +43,15 @@ def _weighted_mean(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def krum_scores(u: torch.Tensor, num_malicious: int) -> torch.Tensor:
     """Krum score of each row: the sum of squared L2 distances to its ``k - f - 2`` nearest rows."""
-    k = u.shape[0]
     u64 = u.to(torch.float64)
     norms = (u64 * u64).sum(1)
-    dist = norms[:, None] + norms[None, :] - 2 * u64 @ u64.T
+    return krum_scores_from_distances(norms[:, None] + norms[None, :] - 2 * u64 @ u64.T, num_malicious)
+
+
+def krum_scores_from_distances(dist: torch.Tensor, num_malicious: int) -> torch.Tensor:
+    """Krum scores from a ``[k, k]`` squared-distance matrix, by Flower's rule (the detectors
+    score with the same function, so a flag and a selection never disagree on a score)."""
+    k = dist.shape[0]
     num_closest = max(1, k - num_malicious - 2)
     # Flower sorts each row and skips its first entry (the row itself, distance ~0).
     order = dist.argsort(dim=1, stable=True)[:, 1:num_closest + 1]
