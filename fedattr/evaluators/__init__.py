@@ -61,7 +61,8 @@ from .surrogate import (
     surrogate_for,
     taylor_terms,
 )
-from .control_variate import ControlVariateShapley
+from .logit_surrogate import LOGIT_ANCHORS, LogitSurrogateGame, LogitSurrogateShapley, logit_surrogate_for
+from .control_variate import SURROGATE_KINDS, ControlVariateShapley
 
 __all__ = [
     # games and utilities
@@ -72,8 +73,11 @@ __all__ = [
     "EVALUATORS", "make_evaluator", "register", "Evaluator", "MonteCarloEvaluator", "BudgetExhausted",
     "IndividualMarginal", "LeaveOneOut", "ExactShapley", "ExactBanzhaf", "BetaShapley", "LeastCore",
     "TMCShapley", "GTGShapley", "BanzhafMSR", "CGSV", "SurrogateShapley", "ControlVariateShapley",
+    "LogitSurrogateShapley",
     # second-order surrogate
     "SurrogateGame", "SURROGATE_METRICS", "SMOOTH_METRIC", "fedavg_coefficients", "taylor_terms", "surrogate_for",
+    # logit-linear surrogate
+    "LogitSurrogateGame", "LOGIT_ANCHORS", "logit_surrogate_for", "SURROGATE_KINDS",
     "semivalue_from_table", "shapley_weights", "banzhaf_weights", "beta_weights", "walk_permutations",
     # stopping rules
     "StoppingRule", "EstimatorState", "MaxEvaluations", "MaxSamples", "MaxPermutations", "MaxTime",

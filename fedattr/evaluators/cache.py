@@ -76,6 +76,17 @@ class UtilityCache:
                 added += 1
         return added
 
+    def record(self, pairs: Iterable[tuple[int, float]], seconds: float = 0.0) -> int:
+        """Store values of coalitions evaluated outside ``evaluate`` (e.g. from logits an
+        evaluator computed anyway). Unlike :meth:`prefill` the new ones count as evaluations (one
+        call, ``seconds`` added); masks already memoised keep their value. Returns how many were new."""
+        added = self.prefill(pairs)
+        if added:
+            self.n_evaluations += added
+            self.n_calls += 1
+            self.seconds += float(seconds)
+        return added
+
     def get(self, mask: int) -> float:
         """Value of one coalition."""
         return float(self.get_many([mask])[0])

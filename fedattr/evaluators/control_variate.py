@@ -9,14 +9,18 @@ import numpy as np
 from .base import BudgetExhausted, MonteCarloEvaluator, _RunningStats, register
 from .sampling import walk_permutations
 from .stopping import EstimatorState, MaxPermutations, RelativeChange, StoppingRule
+from .logit_surrogate import DEFAULT_LOGIT_ANCHOR, LogitSurrogateGame, _check_anchor, _logit_surrogate
 from .surrogate import MAX_EXACT_SURROGATE_PLAYERS, SurrogateGame, _calibrated_surrogate
 
-__all__ = ["ControlVariateShapley"]
+__all__ = ["ControlVariateShapley", "SURROGATE_KINDS"]
+
+#: The surrogates ``cv_shapley`` can use as its control variate.
+SURROGATE_KINDS = ("logit", "taylor")
 
 
 @register("cv_shapley")
 class ControlVariateShapley(MonteCarloEvaluator):
-    """Shapley values as ``phi(v~) + phi(v - v~)``, with ``v~`` the second-order surrogate.
+    """Shapley values as ``phi(v~) + phi(v - v~)``, with ``v~`` a surrogate of the round game.
 
     ``phi(v~)`` is computed exactly on the surrogate (enumerated up to ``max_exact_players``);
     ``phi(v - v~)`` is estimated from uniform random permutations of the real game: each walk
@@ -27,8 +31,16 @@ class ControlVariateShapley(MonteCarloEvaluator):
 
     Parameters
     ----------
-    metric, temperature, calibrate, batch_size, center, surrogate :
-        The surrogate's settings, as in :class:`SurrogateShapley`.
+    surrogate_kind : {"logit", "taylor"}
+        ``"logit"``: the logit-linear surrogate (:class:`LogitSurrogateGame`, ``n + 2`` real
+        forwards, shared through the cache); ``"taylor"``: the second-order expansion
+        (:class:`SurrogateGame`, a gradient and ``n`` Hessian-vector products).
+    anchor : {"grand", "clients", "both"}
+        The logit surrogate's anchoring, as in :class:`LogitSurrogateShapley`.
+    metric, temperature, calibrate, batch_size, center :
+        The Taylor surrogate's settings, as in :class:`SurrogateShapley` (unused by ``"logit"``).
+    surrogate : SurrogateGame or LogitSurrogateGame, optional
+        Use this surrogate (whatever ``surrogate_kind``) instead of building one from the game.
     antithetic : bool
         Pair each permutation with its reverse; a pair is one sample.
     truncation : float or None
@@ -48,7 +60,7 @@ class ControlVariateShapley(MonteCarloEvaluator):
         ``phi(v~)``.
     residual_ : ndarray
         The estimate of ``phi(v - v~)``.
-    surrogate_ : SurrogateGame
+    surrogate_ : SurrogateGame or LogitSurrogateGame
     n_permutations_, n_samples_, stderr_, budget_exhausted_ :
         See :class:`MonteCarloEvaluator` (``stderr_`` is the residual's).
     """
@@ -57,7 +69,8 @@ class ControlVariateShapley(MonteCarloEvaluator):
                  antithetic: bool = True, truncation: float | None = None, stop: StoppingRule | None = None,
                  batch_permutations: int = 1, max_exact_players: int = MAX_EXACT_SURROGATE_PLAYERS,
                  n_permutations_surrogate: int = 4000, batch_size: int = 500, center: bool = True,
-                 surrogate: SurrogateGame | None = None):
+                 surrogate: SurrogateGame | LogitSurrogateGame | None = None, surrogate_kind: str = "logit",
+                 anchor: str = DEFAULT_LOGIT_ANCHOR):
         self.metric = metric
         self.temperature = temperature
         self.calibrate = calibrate
@@ -70,6 +83,16 @@ class ControlVariateShapley(MonteCarloEvaluator):
         self.batch_size = batch_size
         self.center = center
         self.surrogate = surrogate
+        self.surrogate_kind = surrogate_kind
+        self.anchor = anchor
+
+    def _surrogate_game(self, game, req):
+        if self.surrogate_kind not in SURROGATE_KINDS:
+            raise ValueError(f"unknown surrogate_kind {self.surrogate_kind!r}; valid: {', '.join(SURROGATE_KINDS)}")
+        _check_anchor(self.anchor)
+        if isinstance(self.surrogate, LogitSurrogateGame) or (self.surrogate is None and self.surrogate_kind == "logit"):
+            return _logit_surrogate(self, game, req)
+        return _calibrated_surrogate(self, game, req)
 
     def _default_stop(self):
         return RelativeChange(0.01, window=5, min_samples=5) | MaxPermutations(500)
@@ -83,8 +106,8 @@ class ControlVariateShapley(MonteCarloEvaluator):
         n_perm = 0
         base = np.zeros(n)
         if n:
+            sur = self._surrogate_game(game, req)
             v0, vn = req.values([0, game.full_mask])
-            sur = _calibrated_surrogate(self, game, req)
             base, _ = sur.shapley(self.max_exact_players, self.n_permutations_surrogate, rng)
             self.surrogate_ = sur
             while True:

@@ -359,6 +359,34 @@ class ModelUtility:
         """The validation inputs and labels actually used (after ``val_subset``), on ``device``."""
         return self._x, self._y
 
+    def logits(self, params: torch.Tensor) -> torch.Tensor:
+        """Logits ``[K, n_val_, num_classes_]`` of a ``[K, P]`` batch (or one ``[P]`` vector) of
+        parameter sets on the validation examples used, on ``device``.
+
+        One eval-mode forward per parameter set (``functional_call`` on the evaluation copy, in
+        batches of ``batch_size``, whatever the engine); not counted in ``n_calls_``,
+        ``n_models_`` or ``seconds_``.
+        """
+        params = torch.as_tensor(params)
+        if params.dim() == 1:
+            params = params[None]
+        if params.dim() != 2 or params.shape[1] != self.layout.size:
+            raise ValueError(f"expected parameter sets of shape [K, {self.layout.size}], got {tuple(params.shape)}")
+        params = params.to(self.device, self.layout.dtype)
+        threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            with torch.no_grad():
+                rows = [torch.cat([functional_call(self._model, self.layout.unflatten(flat), (xb,))
+                                   for xb, _, _ in self._batches()]) for flat in params]
+        finally:
+            if self.num_threads is not None:
+                torch.set_num_threads(threads)
+        if not rows:
+            return torch.empty(0, self.n_val_, self.num_classes_, dtype=self._input_dtype, device=self.device)
+        return torch.stack(rows)
+
     def __repr__(self) -> str:
         return (
             f"ModelUtility(metric={self.metric!r}, strategy={self.strategy_!r}, n_val={self.n_val_}, "

@@ -1,0 +1,421 @@
+"""A surrogate of the round game that is linear in logit space, with the utility exact on top.
+
+Per validation example ``x`` the logits of coalition ``S``'s model are approximated from ``n + 2``
+real forward passes (the empty coalition ``w_t``, every singleton ``w_t + g_i`` and the grand
+coalition ``w_N``):
+
+    z~_x(S) = z_x(w_t) + sum_i c_i(S) d_ix + alpha(S) r_x,        z~_x(empty) = z_x(w_t),
+    d_ix = z_x(w_t + g_i) - z_x(w_t),    r_x = z_x(w_N) - z_x(w_t) - sum_i p_i d_ix,
+
+with ``c(S)`` FedAvg's renormalised coefficients (zero-weight fallback included), ``p = c(N)`` and
+``r`` the grand coalition's departure from logit linearity. The anchoring decides ``alpha``:
+
+- ``"grand"``: ``alpha = 1``, i.e. ``z~(S) = z(w_N) + sum_i (c_i(S) - p_i) d_i``: exact at the
+  empty and the grand coalition.
+- ``"clients"``: ``alpha = 0`` (the FedAvg-weighted average of the clients' logits): exact at
+  the empty coalition and every singleton, not at ``N``.
+- ``"both"``: ``alpha = (1 - |c(S)|^2) / (1 - |p|^2)``: exact at the empty coalition, every
+  singleton and ``N``. (For logits quadratic in the parameters with equal pairwise curvature,
+  the departure from linear interpolation is proportional to ``1 - |c|^2``.)
+
+The game's metric (accuracy, neg_ce, balanced_accuracy) is computed exactly on the mixed
+logits, so a coalition value costs ``O(n_val x classes x n)`` and no model forward. Where the
+construction is exact, the real values of those coalitions are returned (no round-off). When
+the logits are affine in the parameters (e.g. a linear model) every anchoring equals the game.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Evaluator, register
+from .exact import semivalue_from_table, shapley_weights
+from .game import Game, RoundGame, masks_to_matrix
+from .surrogate import fedavg_coefficients
+
+__all__ = ["LOGIT_ANCHORS", "LogitSurrogateGame", "LogitSurrogateShapley", "logit_surrogate_for"]
+
+LOGIT_ANCHORS = ("grand", "clients", "both")
+DEFAULT_LOGIT_ANCHOR = "both"
+MAX_EXACT_LOGIT_PLAYERS = 20
+_SCORED_METRICS = ("accuracy", "neg_ce", "balanced_accuracy")
+# Mixed-logit elements held at once (per chunk of coalitions or permutations).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _check_anchor(anchor: str) -> str:
+    if anchor not in LOGIT_ANCHORS:
+        raise ValueError(f"unknown anchor {anchor!r}; valid: {', '.join(LOGIT_ANCHORS)}")
+    return anchor
+
+
+class LogitSurrogateGame(Game):
+    """The logit-linear surrogate game (see the module docstring).
+
+    Parameters
+    ----------
+    z_empty : Tensor [V, C]
+        Logits of the empty coalition's model ``w_t`` on the ``V`` validation examples.
+    z_clients : Tensor [n, V, C]
+        Logits of each singleton's model ``w_t + g_i``.
+    z_full : Tensor [V, C]
+        Logits of the grand coalition's model.
+    y : Tensor [V]
+        Validation labels.
+    metric : {"accuracy", "neg_ce", "balanced_accuracy"}
+        As :class:`ModelUtility` computes it (cross-entropy in float32, summed in float64).
+    weights : array [n], optional
+        FedAvg weights (default ones).
+    anchor : {"grand", "clients", "both"}
+    players : sequence, optional
+    num_classes : int, optional
+        Default ``C``.
+    anchor_values : dict, optional
+        Real values ``{mask: value}`` of the anchor coalitions (default: the metric of the given
+        logits); returned where the construction is exact.
+    """
+
+    def __init__(self, z_empty, z_clients, z_full, y, metric: str = "accuracy", weights=None,
+                 anchor: str = DEFAULT_LOGIT_ANCHOR, players: Sequence | None = None,
+                 num_classes: int | None = None, anchor_values: dict | None = None):
+        z_clients = torch.as_tensor(z_clients)
+        if z_clients.dim() != 3:
+            raise ValueError(f"z_clients must be [n, V, C], got {tuple(z_clients.shape)}")
+        n, v, c = z_clients.shape
+        super().__init__(n, players)
+        if metric not in _SCORED_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(_SCORED_METRICS)}")
+        self.metric = metric
+        self.anchor = _check_anchor(anchor)
+        dtype = z_clients.dtype if z_clients.is_floating_point() else torch.float32
+        device = z_clients.device
+        self.z0 = torch.as_tensor(z_empty).to(device, dtype).reshape(v, c)
+        z_full = torch.as_tensor(z_full).to(device, dtype).reshape(v, c)
+        self.d = z_clients.to(dtype) - self.z0
+        self.y = torch.as_tensor(y).to(device).long().reshape(-1)
+        if self.y.shape[0] != v:
+            raise ValueError(f"{self.y.shape[0]} labels for {v} examples")
+        self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+        if self.weights.shape[0] != n:
+            raise ValueError(f"{self.weights.shape[0]} weights for {n} players")
+        self.num_classes = int(num_classes or c)
+        self.n_val = v
+        self.p = fedavg_coefficients(np.ones((1, n), dtype=bool), self.weights)[0] if n else np.zeros(0)
+        p = torch.as_tensor(self.p, dtype=dtype, device=device)
+        self.r = z_full - self.z0 - (p @ self.d.reshape(n, -1)).reshape(v, c) if n else torch.zeros_like(self.z0)
+        self._pp = float(self.p @ self.p)
+        counts = torch.bincount(self.y, minlength=self.num_classes).to(torch.float64)
+        self._present = counts > 0
+        self._counts = counts
+        self._onehot = F.one_hot(self.y, self.num_classes).to(torch.float32)
+        # Real (or given) values of the coalitions the construction is exact at.
+        anchor_values = dict(anchor_values or {})
+        masks = [0] + [1 << i for i in range(n)] + [self.full_mask]
+        logits = [self.z0] + list(z_clients.to(dtype)) + [z_full]
+        need = [k for k, m in enumerate(masks) if m not in anchor_values]
+        if need:
+            scored = self.scores(torch.stack([logits[k] for k in need]))
+            anchor_values.update({masks[k]: float(s) for k, s in zip(need, scored)})
+        self.v_empty = float(anchor_values[0])
+        self.v_clients = np.array([anchor_values[1 << i] for i in range(n)], dtype=np.float64)
+        self.v_full = float(anchor_values[self.full_mask])
+        self._table: np.ndarray | None = None
+        self.forward_seconds_ = 0.0
+
+    # construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_round_game(cls, game: RoundGame, anchor: str = DEFAULT_LOGIT_ANCHOR,
+                        logits: tuple | None = None) -> "LogitSurrogateGame":
+        """Build the surrogate of a FedAvg round game with a :class:`ModelUtility`: ``n + 2`` real
+        forwards (``utility.logits``), unless ``logits = (z_empty, z_clients, z_full)`` are given.
+
+        The values of the anchor coalitions (empty, singletons, ``N``) not yet in the game's
+        cache are computed from these logits and recorded there as evaluations, so that no
+        model is run twice; cached values are used as they are.
+        """
+        utility = getattr(game, "utility", None)
+        if not isinstance(game, RoundGame) or not hasattr(utility, "logits"):
+            raise ValueError("the logit surrogate needs a RoundGame whose utility is a ModelUtility")
+        if game.aggregate_fn is not None:
+            raise ValueError("the logit surrogate mixes FedAvg coefficients; this round game uses a custom aggregation")
+        _check_anchor(anchor)
+        metric = getattr(utility, "metric", None)
+        n = game.n
+        masks = list(dict.fromkeys([0] + [1 << i for i in range(n)] + [game.full_mask]))
+        t0 = time.perf_counter()
+        seconds = 0.0
+        if logits is None:
+            step = int(getattr(utility, "max_coalitions_per_call_", len(masks)) or len(masks))
+            rows = []
+            with torch.no_grad():
+                for s in range(0, len(masks), step):
+                    rows.append(utility.logits(game.aggregate_many(masks[s:s + step])))
+            z = dict(zip(masks, torch.cat(rows)))
+            z_empty, z_clients, z_full = z[0], torch.stack([z[1 << i] for i in range(n)]) if n else None, z[game.full_mask]
+            seconds = time.perf_counter() - t0
+        else:
+            z_empty, z_clients, z_full = logits
+        if z_clients is None:
+            z_clients = torch.zeros((0,) + tuple(z_empty.shape), dtype=z_empty.dtype, device=z_empty.device)
+        _, y = utility.validation_
+        known = {m: game.cache.peek(m) for m in masks if m in game.cache}
+        out = cls(z_empty, z_clients, z_full, y, metric, game.weights, anchor, game.players,
+                  getattr(utility, "num_classes_", None), known)
+        new = [(m, out._anchor_value(m)) for m in masks if m not in known]
+        game.cache.record(new, seconds * len(new) / max(len(masks), 1))
+        out.forward_seconds_ = time.perf_counter() - t0
+        out._logits = (z_empty, z_clients, z_full)
+        return out
+
+    def with_anchor(self, anchor: str) -> "LogitSurrogateGame":
+        """The same logits and real anchor values under another anchoring."""
+        z_full = self.z0 + (torch.as_tensor(self.p, dtype=self.d.dtype, device=self.d.device)
+                            @ self.d.reshape(self.n, -1)).reshape(self.z0.shape) + self.r if self.n else self.z0
+        vals = {0: self.v_empty, self.full_mask: self.v_full, **{1 << i: v for i, v in enumerate(self.v_clients)}}
+        out = LogitSurrogateGame(self.z0, self.z0 + self.d, z_full, self.y, self.metric, self.weights, anchor,
+                                 self.players, self.num_classes, vals)
+        out.forward_seconds_ = self.forward_seconds_
+        return out
+
+    @property
+    def anchor_masks(self) -> list[int]:
+        """The real coalitions the surrogate is built from: empty, every singleton, ``N``."""
+        return list(dict.fromkeys([0] + [1 << i for i in range(self.n)] + [self.full_mask]))
+
+    def _anchor_value(self, mask: int) -> float:
+        if mask == 0:
+            return self.v_empty
+        if mask == self.full_mask:
+            return self.v_full
+        return float(self.v_clients[int(mask).bit_length() - 1])
+
+    # scoring -----------------------------------------------------------------------------------
+    def scores(self, z: torch.Tensor) -> np.ndarray:
+        """The metric of ``[K, V, C]`` logits, float64 ``[K]`` (as :class:`ModelUtility`)."""
+        k = z.shape[0]
+        if self.metric == "neg_ce":
+            ce = F.cross_entropy(z.reshape(k * self.n_val, -1).float(), self.y.repeat(k), reduction="none")
+            return (-ce.view(k, self.n_val).sum(1, dtype=torch.float64) / self.n_val).cpu().numpy()
+        correct = z.argmax(-1) == self.y[None]
+        if self.metric == "accuracy":
+            return (correct.sum(1, dtype=torch.float64) / self.n_val).cpu().numpy()
+        per_class = (correct.to(torch.float32) @ self._onehot).to(torch.float64)
+        return (per_class[:, self._present] / self._counts[self._present]).mean(1).cpu().numpy()
+
+    def _alpha(self, c2: np.ndarray) -> np.ndarray:
+        if self.anchor == "grand":
+            return np.ones_like(c2)
+        if self.anchor == "clients" or 1.0 - self._pp <= 1e-12:
+            return np.zeros_like(c2)
+        return (1.0 - c2) / (1.0 - self._pp)
+
+    def _exact_rows(self, size: np.ndarray, member: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Replace the values of coalitions the construction is exact at by their real values."""
+        out[size == 0] = self.v_empty
+        if self.anchor in ("clients", "both"):
+            one = size == 1
+            if one.any():
+                out[one] = self.v_clients[member[one].argmax(1)]
+        if self.anchor in ("grand", "both"):
+            out[size == self.n] = self.v_full
+        return out
+
+    # values ------------------------------------------------------------------------------------
+    def _mixed(self, coef: np.ndarray, c2: np.ndarray) -> torch.Tensor:
+        c = torch.as_tensor(coef, dtype=self.d.dtype, device=self.d.device)
+        alpha = torch.as_tensor(self._alpha(c2), dtype=self.d.dtype, device=self.d.device)
+        z = (c @ self.d.reshape(self.n, -1)).reshape(-1, *self.z0.shape)
+        return z + self.z0 + alpha[:, None, None] * self.r
+
+    def values_of(self, member: np.ndarray) -> np.ndarray:
+        """Values of the coalitions in a ``[K, n]`` membership matrix (no cache), in chunks."""
+        member = np.asarray(member, dtype=bool).reshape(-1, self.n)
+        out = np.empty(member.shape[0])
+        step = max(1, _CHUNK_ELEMENTS // max(1, self.z0.numel()))
+        with torch.no_grad():
+            for s in range(0, member.shape[0], step):
+                m = member[s:s + step]
+                c = fedavg_coefficients(m, self.weights)
+                out[s:s + m.shape[0]] = self.scores(self._mixed(c, (c * c).sum(1)))
+        return self._exact_rows(member.sum(1), member, out)
+
+    def _evaluate(self, masks: list[int]) -> np.ndarray:
+        return self.values_of(masks_to_matrix(masks, self.n))
+
+    def table(self, chunk: int = 1 << 14) -> np.ndarray:
+        """All ``2^n`` values indexed by bitmask (computed once, then kept)."""
+        if self._table is None:
+            if self.n > 26:
+                raise ValueError(f"a table of 2^{self.n} values is too large")
+            out = np.empty(1 << self.n)
+            bits = np.arange(self.n, dtype=np.int64)
+            for s in range(0, 1 << self.n, chunk):
+                m = np.arange(s, min(s + chunk, 1 << self.n), dtype=np.int64)[:, None]
+                out[s:s + m.shape[0]] = self.values_of(((m >> bits) & 1).astype(bool))
+            self._table = out
+        return self._table
+
+    def permutation_marginals(self, perms: np.ndarray, use_table: bool = True) -> np.ndarray:
+        """Marginal contributions ``[B, n]`` along ``B`` permutations.
+
+        With the table already built (and ``use_table``) they are its prefix differences.
+        Otherwise every permutation is walked once, keeping per prefix ``sum w_i d_i``, ``W =
+        sum w_i`` and ``sum w_i^2`` (and the unweighted sums, used while the prefix's weights
+        sum to 0, as FedAvg does): ``O(n V C)`` per permutation, no model forward.
+        """
+        perms = np.asarray(perms, dtype=np.int64).reshape(-1, self.n)
+        b, n = perms.shape
+        marg = np.zeros((b, n))
+        if b == 0 or n == 0:
+            return marg
+        rows = np.arange(b)
+        if use_table and self._table is not None:
+            masks = np.cumsum(np.left_shift(np.int64(1), perms), axis=1)
+            vals = self._table[masks]
+            marg[rows[:, None], perms] = np.diff(vals, axis=1, prepend=self.v_empty)
+            return marg
+        step = max(1, _CHUNK_ELEMENTS // max(1, self.z0.numel()))
+        for s in range(0, b, step):
+            marg[s:s + step] = self._walk(perms[s:s + step])
+        return marg
+
+    def _walk(self, perms: np.ndarray) -> np.ndarray:
+        b, n = perms.shape
+        rows = np.arange(b)
+        marg = np.zeros((b, n))
+        dt, dev = self.d.dtype, self.d.device
+        zero = bool(np.any(self.weights == 0))
+        s_w = torch.zeros((b,) + tuple(self.z0.shape), dtype=dt, device=dev)
+        s_1 = torch.zeros_like(s_w) if zero else None
+        w_sum, w_sq, k = np.zeros(b), np.zeros(b), np.zeros(b)
+        prev = np.full(b, self.v_empty)
+        with torch.no_grad():
+            for j in range(n):
+                i = perms[:, j]
+                wi = self.weights[i]
+                di = self.d[torch.as_tensor(i, device=dev)]
+                s_w += torch.as_tensor(wi, dtype=dt, device=dev)[:, None, None] * di
+                w_sum += wi
+                w_sq += wi * wi
+                k += 1
+                pos = w_sum > 0
+                safe = np.where(pos, w_sum, 1.0)
+                mean = s_w / torch.as_tensor(safe, dtype=dt, device=dev)[:, None, None]
+                c2 = np.where(pos, w_sq / safe ** 2, 1.0 / k)
+                if zero:
+                    s_1 += di
+                    if not pos.all():
+                        mean = torch.where(torch.as_tensor(pos, device=dev)[:, None, None], mean, s_1 / float(k[0]))
+                alpha = torch.as_tensor(self._alpha(c2), dtype=dt, device=dev)
+                v = self.scores(self.z0 + mean + alpha[:, None, None] * self.r)
+                if j == 0 and self.anchor in ("clients", "both"):
+                    v = self.v_clients[i]
+                if j == n - 1 and self.anchor in ("grand", "both"):
+                    v = np.full(b, self.v_full)
+                marg[rows, i] = v - prev
+                prev = v
+        return marg
+
+    def shapley(self, max_exact_players: int = MAX_EXACT_LOGIT_PLAYERS, n_permutations: int = 1000,
+                seed: int | np.random.Generator | None = 0, batch: int = 200) -> tuple[np.ndarray, bool]:
+        """Shapley values: exact by enumeration for ``n <= max_exact_players``, otherwise the
+        mean marginals of ``n_permutations`` permutations in antithetic pairs. Returns
+        ``(values, exact)``."""
+        if self.n == 0:
+            return np.zeros(0), True
+        if self.n <= max_exact_players:
+            return semivalue_from_table(self.table(), shapley_weights(self.n)), True
+        rng = np.random.default_rng(seed)
+        total, done = np.zeros(self.n), 0
+        half = max(1, int(math.ceil(n_permutations / 2)))
+        while done < half:
+            k = min(max(1, batch // 2), half - done)
+            p = np.stack([rng.permutation(self.n) for _ in range(k)])
+            total += self.permutation_marginals(np.concatenate([p, p[:, ::-1]]), use_table=False).sum(0)
+            done += k
+        return total / (2 * done), False
+
+
+# ------------------------------------------------------------------------------ sharing
+
+# Logits of a round game's anchor models and the surrogates built on them, per game.
+_LOGIT_SURROGATES: "weakref.WeakKeyDictionary[Game, dict]" = weakref.WeakKeyDictionary()
+
+
+def logit_surrogate_for(game: Game, anchor: str = DEFAULT_LOGIT_ANCHOR) -> LogitSurrogateGame:
+    """The logit surrogate of ``game`` with this anchoring; the ``n + 2`` forwards are run once
+    per game and shared by every anchoring and evaluator. A :class:`LogitSurrogateGame` is its
+    own surrogate."""
+    if isinstance(game, LogitSurrogateGame):
+        return game
+    _check_anchor(anchor)
+    memo = _LOGIT_SURROGATES.setdefault(game, {})
+    if anchor not in memo:
+        first = next(iter(memo.values()), None)
+        memo[anchor] = (LogitSurrogateGame.from_round_game(game, anchor) if first is None
+                        else first.with_anchor(anchor))
+    return memo[anchor]
+
+
+def _logit_surrogate(ev, game: Game, req) -> LogitSurrogateGame:
+    """The evaluator's surrogate (given or shared), its anchor coalitions requested (counted)."""
+    sur = ev.surrogate if ev.surrogate is not None else logit_surrogate_for(game, ev.anchor)
+    if sur.n != game.n:
+        raise ValueError(f"the surrogate has {sur.n} players, the game {game.n}")
+    req.values(sur.anchor_masks)
+    return sur
+
+
+@register("logit_surrogate_shapley")
+class LogitSurrogateShapley(Evaluator):
+    """Shapley values of the logit-linear surrogate game (see :class:`LogitSurrogateGame`).
+
+    Costs ``n + 2`` real forward passes (empty coalition, singletons, grand coalition; their
+    values go through the shared cache); every other coalition value is the game's metric of
+    mixed logits. Exact by enumeration up to ``max_exact_players``, antithetic permutations
+    beyond.
+
+    Parameters
+    ----------
+    anchor : {"grand", "clients", "both"}
+        Where the construction is exact: empty and ``N``; empty and singletons; or all of them.
+    max_exact_players : int
+        Largest ``n`` enumerated exactly (2^n mixed-logit evaluations).
+    n_permutations : int
+        Permutations sampled on the surrogate beyond ``max_exact_players``.
+    surrogate : LogitSurrogateGame, optional
+        Use this surrogate instead of building one from the game.
+
+    Attributes
+    ----------
+    surrogate_ : LogitSurrogateGame
+    exact_ : bool
+        Whether the surrogate's Shapley values were enumerated.
+    forward_seconds_ : float
+        Seconds spent on the ``n + 2`` forwards (0 when shared from an earlier evaluator).
+    """
+
+    def __init__(self, anchor: str = DEFAULT_LOGIT_ANCHOR, max_exact_players: int = MAX_EXACT_LOGIT_PLAYERS,
+                 n_permutations: int = 1000, surrogate: LogitSurrogateGame | None = None):
+        self.anchor = anchor
+        self.max_exact_players = max_exact_players
+        self.n_permutations = n_permutations
+        self.surrogate = surrogate
+
+    def _fit(self, game, req, rng):
+        _check_anchor(self.anchor)
+        if game.n == 0:
+            return np.zeros(0)
+        shared = self.surrogate is None and bool(_LOGIT_SURROGATES.get(game))
+        sur = _logit_surrogate(self, game, req)
+        values, self.exact_ = sur.shapley(self.max_exact_players, self.n_permutations, rng)
+        self.surrogate_ = sur
+        self.forward_seconds_ = 0.0 if shared or self.surrogate is not None else sur.forward_seconds_
+        return values

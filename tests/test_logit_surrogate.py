@@ -1,0 +1,322 @@
+"""The logit-linear surrogate game, its Shapley evaluator and control-variate Shapley on it."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedattr.evaluators import (
+    EVALUATORS,
+    ExactShapley,
+    LogitSurrogateGame,
+    MaxPermutations,
+    ModelUtility,
+    RoundGame,
+    TabularGame,
+    fedavg_coefficients,
+    logit_surrogate_for,
+    make_evaluator,
+    masks_to_matrix,
+)
+
+ANCHORS = ("grand", "clients", "both")
+
+
+def _clients(state, n, scale, gen, bn=False):
+    out = []
+    for _ in range(n):
+        sd = copy.deepcopy(state)
+        for k, v in sd.items():
+            if torch.is_floating_point(v):
+                sd[k] = v + scale * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        if bn:
+            sd["bn.running_var"] = sd["bn.running_var"].abs() + 0.05
+        out.append(sd)
+    return out
+
+
+# Two zero weights: coalitions {0}, {1} and {0, 1} take FedAvg's uniform fallback.
+WEIGHTS = [0.0, 0.0, 3.0, 1.0, 2.0]
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """A linear classifier (logits affine in the parameters), float64, with large updates."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4)).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (60,), generator=g)
+    state = copy.deepcopy(model.state_dict())
+    return model, x, y, state, _clients(state, len(WEIGHTS), 0.8, g)
+
+
+class TinyNet(nn.Module):
+    """Linear -> BatchNorm -> tanh -> Linear, float64: non-linear, with running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.bn(self.fc1(x))))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = TinyNet().double()
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(64, 4, dtype=torch.float64))
+    model.eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (50,), generator=g)
+    state = copy.deepcopy(model.state_dict())
+    return model, x, y, state, _clients(state, len(WEIGHTS), 0.6, g, bn=True)
+
+
+def make_game(fixture, metric, weights=WEIGHTS, **kw):
+    model, x, y, state, clients = fixture
+    util = ModelUtility(model, x, y, metric=metric)
+    return RoundGame.from_state_dicts(util, state, clients[:len(weights)], weights=weights, **kw)
+
+
+def all_masks(n):
+    return list(range(1 << n))
+
+
+# ------------------------------------------------------------------------------ ModelUtility.logits
+
+
+def test_model_utility_logits_match_forward_and_metrics(tiny):
+    model, x, y, state, clients = tiny
+    util = ModelUtility(model, x, y, metric="accuracy", batch_size=16)
+    params = util.layout.flatten_many([state] + clients[:2])
+    z = util.logits(params)
+    assert z.shape == (3, 50, 3)
+    net = copy.deepcopy(model).eval()
+    for k, sd in enumerate([state] + clients[:2]):
+        net.load_state_dict(sd)
+        with torch.no_grad():
+            np.testing.assert_allclose(z[k].numpy(), net(x).numpy(), rtol=1e-12, atol=1e-12)
+    got = util.evaluate_all(params)
+    np.testing.assert_array_equal(got["accuracy"], (z.argmax(-1) == y).double().mean(1).numpy())
+    ce = torch.stack([F.cross_entropy(zk, y) for zk in z]).numpy()
+    np.testing.assert_allclose(got["neg_ce"], -ce, rtol=1e-6)
+    present = torch.unique(y)
+    recall = [np.mean([int(((zk.argmax(-1) == y) & (y == c)).sum()) / int((y == c).sum()) for c in present]) for zk in z]
+    np.testing.assert_allclose(got["balanced_accuracy"], recall, rtol=1e-12)
+    assert util.logits(params[0]).shape == (1, 50, 3)
+    with pytest.raises(ValueError, match="parameter sets of shape"):
+        util.logits(params[:, :3])
+
+
+# ------------------------------------------------------------------------------ the game
+
+
+@pytest.mark.parametrize("anchor", ANCHORS)
+@pytest.mark.parametrize("metric", ["accuracy", "neg_ce", "balanced_accuracy"])
+def test_surrogate_equals_game_when_logits_are_linear(linear, metric, anchor):
+    game = make_game(linear, metric)
+    fresh = make_game(linear, metric)  # evaluated by the engine only, never by the surrogate
+    n = game.n
+    real = fresh.values(all_masks(n))
+    sur = LogitSurrogateGame.from_round_game(game, anchor)
+    assert float(np.ptp(real)) > 0.05  # a game worth attributing
+    np.testing.assert_allclose(sur.values_of(masks_to_matrix(all_masks(n), n)), real, atol=1e-6)
+    np.testing.assert_allclose(sur.table(), real, atol=1e-6)  # incl. the zero-weight coalitions 1, 2, 3
+    # The anchor values the surrogate recorded in the game's cache are the engine's.
+    for m in sur.anchor_masks:
+        assert game.cache.peek(m) == pytest.approx(real[m], abs=1e-7)
+    exact = ExactShapley().fit(fresh).values_
+    values, is_exact = sur.shapley()
+    assert is_exact
+    np.testing.assert_allclose(values, exact, atol=1e-6)
+    rng = np.random.default_rng(0)
+    perms = np.stack([rng.permutation(n) for _ in range(12)] + [np.array([0, 1, 2, 3, 4])])
+    walked = sur.permutation_marginals(perms, use_table=False)
+    for p, row in zip(perms, walked):
+        prefixes = np.cumsum([0] + [1 << int(i) for i in p])
+        np.testing.assert_allclose(row[p], np.diff(real[prefixes]), atol=1e-6)
+
+
+def _formula(z0, zc, zn, weights, member, anchor):
+    """The surrogate's logits written out independently of the module (numpy, one coalition)."""
+    n = len(weights)
+    if not member.any():
+        return z0
+    c = fedavg_coefficients(member[None], weights)[0]
+    p = fedavg_coefficients(np.ones((1, n), dtype=bool), weights)[0]
+    d = zc - z0
+    lin = z0 + np.tensordot(c, d, 1)
+    r = zn - z0 - np.tensordot(p, d, 1)
+    alpha = {"grand": 1.0, "clients": 0.0, "both": (1 - c @ c) / (1 - p @ p)}[anchor]
+    return lin + alpha * r
+
+
+@pytest.mark.parametrize("anchor", ANCHORS)
+@pytest.mark.parametrize("metric", ["accuracy", "neg_ce"])
+def test_surrogate_formula_and_exactness_on_a_nonlinear_game(tiny, metric, anchor):
+    game = make_game(tiny, metric)
+    n, full = game.n, game.full_mask
+    real = make_game(tiny, metric).values(all_masks(n))
+    sur = LogitSurrogateGame.from_round_game(game, anchor)
+    table = sur.table()
+    # Independent formula on the real forwards of the anchor models.
+    util = game.utility
+    z = util.logits(game.aggregate_many([0] + [1 << i for i in range(n)] + [full])).numpy()
+    y = util.validation_[1]
+    for m in (3, 5, 6, 13, 22, 27, 30):
+        zm = _formula(z[0], z[1:-1], z[-1], np.array(WEIGHTS), masks_to_matrix([m], n)[0], anchor)
+        if metric == "accuracy":
+            want = float((zm.argmax(-1) == y.numpy()).mean())
+        else:
+            want = -float(F.cross_entropy(torch.as_tensor(zm), y))
+        assert table[m] == pytest.approx(want, abs=1e-6), m
+    # Exact (the real values, bit for bit) wherever the anchoring says so ...
+    exact_at = {"grand": [0, full], "clients": [0] + [1 << i for i in range(n)],
+                "both": [0, full] + [1 << i for i in range(n)]}[anchor]
+    for m in exact_at:
+        assert table[m] == game.cache.peek(m)
+        assert table[m] == pytest.approx(real[m], abs=1e-6)
+    # ... and not elsewhere: this game is far from logit-linear.
+    others = [m for m in all_masks(n) if m not in exact_at]
+    assert np.abs(table[others] - real[others]).max() > 1e-3
+    if anchor == "grand":
+        assert np.abs(table[[1 << i for i in range(n)]] - real[[1 << i for i in range(n)]]).max() > 1e-3
+    if anchor == "clients":
+        assert abs(table[full] - real[full]) > 1e-4
+
+
+@pytest.mark.parametrize("anchor", ANCHORS)
+def test_walked_marginals_are_prefix_differences_with_zero_weights(tiny, anchor):
+    sur = LogitSurrogateGame.from_round_game(make_game(tiny, "neg_ce"), anchor)
+    n = sur.n
+    rng = np.random.default_rng(3)
+    perms = np.stack([rng.permutation(n) for _ in range(20)] + [np.array([1, 0, 4, 3, 2])])
+    walked = sur.permutation_marginals(perms, use_table=False)
+    direct = sur.values_of(masks_to_matrix(all_masks(n), n))
+    for p, row in zip(perms, walked):
+        prefixes = np.cumsum([0] + [1 << int(i) for i in p])
+        np.testing.assert_allclose(row[p], np.diff(direct[prefixes]), atol=1e-9)
+    sur.table()
+    np.testing.assert_allclose(sur.permutation_marginals(perms), walked, atol=1e-9)
+
+
+def test_sampled_shapley_converges_to_enumeration(tiny):
+    sur = LogitSurrogateGame.from_round_game(make_game(tiny, "neg_ce"), "both")
+    exact, is_exact = sur.shapley()
+    assert is_exact
+    rng = np.random.default_rng(4)
+    perms = np.stack([rng.permutation(sur.n) for _ in range(3000)])
+    marg = sur.permutation_marginals(perms, use_table=False)
+    se = marg.std(0) / np.sqrt(len(marg))
+    assert np.all(np.abs(marg.mean(0) - exact) < 4 * se)
+    small, large = (sur.shapley(max_exact_players=0, n_permutations=k, seed=1) for k in (4, 4000))
+    assert not large[1]
+    err = [np.abs(v - exact).sum() / np.abs(exact).sum() for v, _ in (small, large)]
+    assert err[1] < 0.03 and err[1] < err[0] / 4
+
+
+def test_efficiency_where_exact_at_both_ends(tiny):
+    game = make_game(tiny, "accuracy")
+    for anchor in ("grand", "both"):
+        values = make_evaluator("logit_surrogate_shapley", anchor=anchor).fit(game).values_
+        assert values.sum() == pytest.approx(game.gain(), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------ evaluator
+
+
+def test_evaluator_counts_anchor_evaluations_and_shares_forwards(tiny):
+    game = make_game(tiny, "neg_ce")
+    n = game.n
+    util = game.utility
+    calls = []
+    real_logits = util.logits
+
+    def counting(params):
+        calls.append(params.shape[0])
+        return real_logits(params)
+
+    util.logits = counting
+    game.value(game.full_mask)  # known before: used as is, not recorded again
+    ev = make_evaluator("logit_surrogate_shapley").fit(game)
+    assert EVALUATORS["logit_surrogate_shapley"].__name__ == "LogitSurrogateShapley"
+    assert ev.exact_ and ev.n_evaluations_ == n + 2 and ev.n_new_evaluations_ == n + 1
+    assert game.cache.n_evaluations == n + 2 and sum(calls) == n + 2
+    np.testing.assert_allclose(ev.values_, ev.surrogate_.shapley()[0], atol=0)
+    other = make_evaluator("logit_surrogate_shapley", anchor="grand").fit(game)
+    cv = make_evaluator("cv_shapley", stop=MaxPermutations(2)).fit(game, seed=0)
+    assert sum(calls) == n + 2  # one set of forwards for every anchoring and evaluator
+    assert other.n_new_evaluations_ == 0 and other.forward_seconds_ == 0.0
+    assert cv.surrogate_ is ev.surrogate_
+    given = make_evaluator("logit_surrogate_shapley", surrogate=ev.surrogate_).fit(game)
+    np.testing.assert_array_equal(given.values_, ev.values_)
+
+
+def test_sampled_evaluator_beyond_max_exact(tiny):
+    game = make_game(tiny, "neg_ce")
+    exact = make_evaluator("logit_surrogate_shapley").fit(game).values_
+    ev = make_evaluator("logit_surrogate_shapley", max_exact_players=3, n_permutations=4000).fit(game, seed=0)
+    assert not ev.exact_
+    assert np.abs(ev.values_ - exact).sum() < 0.03 * np.abs(exact).sum()
+
+
+def test_requires_a_fedavg_round_game(tiny):
+    with pytest.raises(ValueError, match="custom aggregation"):
+        make_evaluator("logit_surrogate_shapley").fit(make_game(tiny, "neg_ce", aggregate=lambda u, w: u.median(0).values))
+    with pytest.raises(ValueError, match="ModelUtility"):
+        make_evaluator("logit_surrogate_shapley").fit(TabularGame(np.zeros(8)))
+    with pytest.raises(ValueError, match="ModelUtility"):
+        make_evaluator("cv_shapley", surrogate_kind="logit").fit(TabularGame(np.zeros(8)))
+    with pytest.raises(ValueError, match="unknown anchor"):
+        make_evaluator("logit_surrogate_shapley", anchor="middle").fit(make_game(tiny, "neg_ce"))
+    with pytest.raises(ValueError, match="unknown surrogate_kind"):
+        make_evaluator("cv_shapley", surrogate_kind="cubic").fit(make_game(tiny, "neg_ce"))
+
+
+def test_component_check_covers_the_new_parameters():
+    from fedattr.components import check_evaluator
+
+    assert check_evaluator("logit_surrogate_shapley", {"anchor": "grand"}, 10) is None
+    assert check_evaluator("cv_shapley", {"surrogate_kind": "logit", "anchor": "clients"}, 10) is None
+    assert check_evaluator("cv_shapley", {"surrogate_kind": "taylor"}, 10) is None
+    assert "unknown anchor" in check_evaluator("logit_surrogate_shapley", {"anchor": "both_ends"}, 10)
+    assert "unknown surrogate_kind" in check_evaluator("cv_shapley", {"surrogate_kind": "quadratic"}, 10)
+
+
+# ------------------------------------------------------------------------------ control variate
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "neg_ce"])
+def test_cv_with_exact_logit_surrogate_has_zero_residual(linear, metric):
+    game = make_game(linear, metric)
+    exact = ExactShapley().fit(make_game(linear, metric)).values_
+    ev = make_evaluator("cv_shapley", surrogate_kind="logit", stop=MaxPermutations(6)).fit(game, seed=0)
+    assert isinstance(ev.surrogate_, LogitSurrogateGame)
+    np.testing.assert_allclose(ev.residual_, 0.0, atol=1e-6)
+    np.testing.assert_allclose(ev.stderr_, 0.0, atol=1e-6)
+    np.testing.assert_allclose(ev.values_, exact, atol=1e-6)
+    assert ev.n_evaluations_ > game.n + 2  # it did walk real permutations
+
+
+@pytest.mark.parametrize("anchor", ["grand", "both"])
+def test_cv_with_logit_surrogate_is_unbiased_on_a_nonlinear_game(tiny, anchor):
+    game = make_game(tiny, "neg_ce")
+    game.values(all_masks(game.n))  # the whole table once; every run below reads the cache
+    exact = ExactShapley().fit(game).values_
+    sur = logit_surrogate_for(game, anchor)
+    assert np.abs(sur.shapley()[0] - exact).sum() > 1e-3 * np.abs(exact).sum()  # biased alone
+    runs = np.array([make_evaluator("cv_shapley", anchor=anchor, stop=MaxPermutations(2), antithetic=False)
+                     .fit(game, seed=s).values_ for s in range(300)])
+    se = runs.std(0) / np.sqrt(len(runs))
+    assert np.all(se > 0)
+    assert np.all(np.abs(runs.mean(0) - exact) < 4 * se)
