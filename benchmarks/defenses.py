@@ -35,7 +35,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fedattr.report import fmt_ci, fmt_num, kendall_between, load_results, mean_ci  # noqa: E402
+from fedattr.report import fmt_ci, fmt_num, kendall_between, load_results, mean_ci, merge_results  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "defenses_claim.toml"
 PLAIN = "shapley"
@@ -348,7 +348,9 @@ def run_in_process(scenario, out: Path, log=print, after_seed=None) -> _Results:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", type=Path, help="print the table of this results directory (no run)")
+    ap.add_argument("--results", type=Path, nargs="+", metavar="DIR",
+                    help="print the table of these results directories (no run); several directories of the "
+                         "same regime are read as one, their arms paired by seed")
     ap.add_argument("--scenario", type=Path, default=SCENARIO, help="scenario to run (default: %(default)s)")
     ap.add_argument("--out", type=Path, help="results directory of the run (default: results/defenses_claim)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -381,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                              log=lambda m: print(m, file=sys.stderr, flush=True), after_seed=partial)
         wall = time.perf_counter() - t0
     elif results is None:
-        results = args.out or Path("results") / "defenses_claim"
-        cmd = [sys.executable, "-m", "fedattr.cli", "run", str(args.scenario), "--out", str(results), "--no-report"]
+        results = [args.out or Path("results") / "defenses_claim"]
+        cmd = [sys.executable, "-m", "fedattr.cli", "run", str(args.scenario), "--out", str(results[0]), "--no-report"]
         for o in args.overrides:
             cmd += ["--set", o]
         t0 = time.perf_counter()
@@ -391,7 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         if rc not in (0, 1):  # 1: some job failed; the others still make a table
             return rc
     if not (args.in_process or args.tables_from):
-        res = load_results(results)
+        from fedattr.errors import UserError
+
+        try:
+            res = merge_results([load_results(r) for r in results])
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         out = as_json(res)
         out["wall_s"] = wall

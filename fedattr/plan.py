@@ -8,6 +8,7 @@ whose ``summary.json`` exists is skipped, so an interrupted plan resumes where i
 from __future__ import annotations
 
 import time
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ def scenario_jobs(scenario: Any, results_dir: Path) -> list[dict[str, Any]]:
                                job_id=f"{results_dir.name}/{name}")
             jobs.append(entry.model_dump(mode="json"))
     return jobs
+
+
+def interleave(job_lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The jobs of several sweep points, first job of every point, then the second, ...
+
+    Each point's list is seed-major, so a sweep stopped early has every point at the same number
+    of seeds instead of the first points complete and the last ones empty.
+    """
+    return [j for group in zip_longest(*job_lists) for j in group if j is not None]
 
 
 def write_plan(path: Path, jobs: list[dict[str, Any]], num_clients: int) -> Path:

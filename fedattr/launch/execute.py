@@ -21,7 +21,7 @@ from fedattr.errors import UserError
 from fedattr.launch.generator import train_generator
 from fedattr.launch.ownership import check_resume, own_results_dir
 from fedattr.launch.simulation import Progress, execute_plan
-from fedattr.plan import default_results_dir, scenario_jobs, write_plan
+from fedattr.plan import default_results_dir, interleave, scenario_jobs, write_plan
 from fedattr.preflight import check_out_dir, check_scenario, registries
 from fedattr.results import atomic_write_json, job_state
 
@@ -135,13 +135,14 @@ def run_sweep(scenario: Any, points: list[tuple[dict[str, str], Any]], out_dir: 
     with own_results_dir(sweep_dir) as tag:
         check_resume(sweep_dir, resolved, force)
         started = datetime.now(timezone.utc).isoformat()
-        jobs, entries = [], []
+        per_point, entries = [], []
         for i, (overrides, point) in enumerate(points):
             pdir = sweep_dir / "points" / f"p{i:03d}"
             pdir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(pdir / "scenario.json", point.model_dump(mode="json"))
-            jobs += scenario_jobs(point, pdir)
+            per_point.append(scenario_jobs(point, pdir))
             entries.append({"overrides": overrides, "dir": f"points/p{i:03d}"})
+        jobs = interleave(per_point)
         _damaged(jobs)
         plan_path = write_plan(sweep_dir / "plan.json", jobs, sizes.pop())
         # Written first so that an interrupted sweep can still be reported from what it finished.

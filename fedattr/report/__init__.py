@@ -15,7 +15,7 @@ from fedattr.errors import UserError
 from fedattr.report.html import markdown_to_html
 from fedattr.report.markdown import scenario_markdown, sweep_markdown
 from fedattr.report.plots import scenario_plots, sweep_plot
-from fedattr.report.reader import JobResult, ScenarioResults, is_sweep, load_results, sweep_meta
+from fedattr.report.reader import JobResult, ScenarioResults, is_sweep, load_results, merge_results, sweep_meta
 from fedattr.report.stats import MeanCI, fmt_ci, fmt_num, kendall_between, mean_ci
 from fedattr.report.summary import client_rows, failure_rows, scenario_summary, summarize, summary_rows
 from fedattr.results import atomic_write_text
@@ -29,6 +29,7 @@ __all__ = [
     "JobResult",
     "ScenarioResults",
     "load_results",
+    "merge_results",
     "summarize",
     "summary_rows",
     "client_rows",

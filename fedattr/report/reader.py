@@ -252,3 +252,33 @@ def sweep_meta(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or not isinstance(meta.get("points"), list):
         raise UserError(f"unreadable sweep.json (needs a 'points' list): {path / 'sweep.json'}")
     return meta
+
+
+#: Settings that must agree for jobs of several results directories to be compared seed by seed.
+_COMPARABLE = ("num_clients", "attacker_ids", "rounds", "model", "data", "partition", "train", "aggregation")
+
+
+def merge_results(parts: Sequence[ScenarioResults]) -> ScenarioResults:
+    """One view of several results directories of the same regime (e.g. a study and its controls):
+    their arms side by side, paired by seed. Raises UserError when a setting in ``_COMPARABLE``
+    differs or two directories hold the same arm."""
+    if not parts:
+        raise UserError("no results directories to merge")
+    first = parts[0]
+    for other in parts[1:]:
+        diff = [k for k in _COMPARABLE if first.scenario.get(k) != other.scenario.get(k)]
+        if diff:
+            raise UserError(f"{other.path} is not comparable with {first.path}: {', '.join(diff)} differ")
+        clash = sorted(set(first.arms) & set(other.arms))
+        if clash:
+            raise UserError(f"arm {clash[0]!r} is in both {first.path} and {other.path}; merge results of distinct arms")
+        first = ScenarioResults(
+            path=first.path,
+            scenario={**first.scenario, "arms": [*(first.scenario.get("arms") or []), *(other.scenario.get("arms") or [])]},
+            environment=first.environment, jobs={**first.jobs, **other.jobs}, failed=[*first.failed, *other.failed],
+            arms=[*first.arms, *other.arms], seeds=sorted({*first.seeds, *other.seeds}),
+            evaluators=list(dict.fromkeys([*first.evaluators, *other.evaluators])),
+            attacker_ids=first.attacker_ids, honest_arm=first.honest_arm or other.honest_arm,
+        )
+    return first
+
