@@ -374,3 +374,37 @@ def test_detector_flag_rates_and_plot(tmp_path):
     text = write_report(run).read_text()
     assert "## Detectors" in text and "detector_scores.png" in text
     assert (run / "plots" / "detector_scores.png").stat().st_size > 0
+
+
+def _split_arm(src: Path, dst: Path, keep: str) -> Path:
+    """A copy of results ``src`` that holds only arm ``keep`` (jobs and scenario.json)."""
+    root = Path(shutil.copytree(src, dst))
+    for job in (root / "jobs").iterdir():
+        if not job.name.startswith(f"{keep}__"):
+            shutil.rmtree(job)
+    sc = json.loads((root / "scenario.json").read_text())
+    sc["arms"] = [a for a in sc["arms"] if a["name"] == keep]
+    (root / "scenario.json").write_text(json.dumps(sc))
+    return root
+
+
+def test_merge_results_pairs_the_arms_of_several_directories(run_dir, tmp_path):
+    from fedattr.report import merge_results
+
+    whole = load_results(run_dir)
+    honest = _split_arm(run_dir, tmp_path / "h", "honest")
+    attack = _split_arm(run_dir, tmp_path / "a", "attack")
+    merged = merge_results([load_results(attack), load_results(honest)])
+    assert merged.arms == ["attack", "honest"] and merged.honest_arm == "honest"
+    assert merged.seeds == whole.seeds and set(merged.jobs) == set(whole.jobs)
+    assert [a["name"] for a in merged.scenario["arms"]] == ["attack", "honest"]
+    for key, job in whole.jobs.items():
+        assert merged.jobs[key].cumulative("shapley") == job.cumulative("shapley")
+
+    with pytest.raises(UserError, match="arm 'attack' is in both"):
+        merge_results([load_results(attack), load_results(run_dir)])
+    sc = json.loads((honest / "scenario.json").read_text())
+    sc["rounds"] = sc["rounds"] + 1
+    (honest / "scenario.json").write_text(json.dumps(sc))
+    with pytest.raises(UserError, match="not comparable.*rounds"):
+        merge_results([load_results(attack), load_results(honest)])
