@@ -11,10 +11,14 @@ change, Kendall tau) over the rounds of a job first, then summarised over seeds:
   counterfactual game, and the benign change sum_b (v_b - v_b^cf); with an efficient evaluator
   (exact Shapley) the benign change equals LOO inflation - attacker inflation (value transferred
   from benign clients rather than created);
-- ``claim_table``: one row per (arm, evaluator, attacker) of a results directory.
+- ``claim_table``: one row per (arm, evaluator, attacker) of a results directory;
+- ``control_table``: the attack against each control, paired by seed (same split, same training
+  seed): per seed, the attack's inflation minus the control's.
 
-``python -m fedattr.stats RESULTS_DIR [HONEST_RESULTS_DIR]`` prints the table and this machine's
-matmul rate (the second directory's honest arm is the accuracy reference when the first has none).
+``python -m fedattr.stats RESULTS_DIR [CONTROLS_DIR]`` prints the table and this machine's
+matmul rate; with a second directory (the same regime's controls and honest arm) also that
+directory's table and the attack-minus-control comparison, and the second directory's honest arm
+is the accuracy reference when the first has none.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from scipy import stats as sps
 
 __all__ = [
     "PairedStats", "paired_stats", "ranks_of", "round_effects", "job_effects", "claim_table",
-    "format_table", "matmul_rate", "detectable_effect",
+    "format_table", "matmul_rate", "detectable_effect", "control_table", "format_control_table",
 ]
 
 
@@ -271,6 +275,54 @@ def claim_table(
     return rows
 
 
+def control_table(
+    attack_dir: str | Path, controls_dir: str | Path, evaluators: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The attack against each control, paired by seed: one row per (attack arm, control arm,
+    evaluator) with ``n`` (seeds finished in both), ``attack`` and ``control`` (mean inflation
+    over those seeds) and ``diff`` (:class:`PairedStats` of attack minus control per seed).
+
+    Both directories must hold the same regime (same splits and training seeds per seed); the
+    attack arms are the non-honest arms of ``attack_dir``, the controls those of ``controls_dir``.
+    """
+    from fedattr.report import load_results, merge_results
+
+    att, ctl = load_results(attack_dir), load_results(controls_dir)
+    merge_results([att, ctl])  # refuses directories of different regimes, or the same arm twice
+    evs = list(evaluators) if evaluators else [e for e in att.evaluators if e in ctl.evaluators]
+    rows = []
+    for a_arm in (a for a in att.arms if a != att.honest_arm):
+        for c_arm in (a for a in ctl.arms if a != ctl.honest_arm):
+            for ev in evs:
+                for pid in att.attacker_ids:
+                    a = {r.seed: job_effects(r.rounds, ev, pid)["inflation"] for r in att.runs(a_arm) if r.finished}
+                    c = {r.seed: job_effects(r.rounds, ev, pid)["inflation"] for r in ctl.runs(c_arm) if r.finished}
+                    both = [s for s in a if s in c and math.isfinite(a[s]) and math.isfinite(c[s])]
+                    rows.append({
+                        "arm": a_arm, "control": c_arm, "evaluator": ev, "attacker": pid, "n": len(both),
+                        "attack": _nanmean([a[s] for s in both]), "control_mean": _nanmean([c[s] for s in both]),
+                        "diff": paired_stats([a[s] - c[s] for s in both]),
+                    })
+    return rows
+
+
+CONTROL_HEADERS = ["attack", "control", "evaluator", "n", "attack infl.", "control infl.",
+                   "attack - control [95% t-CI]", "bootstrap CI", "Wilcoxon p", "attack larger"]
+
+
+def format_control_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The attack-minus-control table as markdown."""
+    lines = ["| " + " | ".join(CONTROL_HEADERS) + " |", "|" + "---|" * len(CONTROL_HEADERS)]
+    for r in rows:
+        d: PairedStats = r["diff"]
+        lines.append("| " + " | ".join([
+            str(r["arm"]), str(r["control"]), str(r["evaluator"]), str(r["n"]), _num(r["attack"]),
+            _num(r["control_mean"]), f"{_num(d.mean)} [{_num(d.t_low)}, {_num(d.t_high)}]",
+            f"[{_num(d.boot_low)}, {_num(d.boot_high)}]", _p(d.wilcoxon_p), f"{d.positive}/{d.n}",
+        ]) + " |")
+    return "\n".join(lines)
+
+
 def _nanmean(xs: Sequence[float]) -> float:
     fin = [x for x in xs if math.isfinite(x)]
     return float(np.mean(fin)) if fin else math.nan
@@ -330,14 +382,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (1, 2):
-        print("usage: python -m fedattr.stats RESULTS_DIR [HONEST_RESULTS_DIR]", file=sys.stderr)
+        print("usage: python -m fedattr.stats RESULTS_DIR [CONTROLS_DIR]", file=sys.stderr)
         return 2
     try:
         rows = claim_table(args[0], honest_from=args[1] if len(args) == 2 else None)
+        if len(args) == 2:
+            controls = claim_table(args[1])
+            versus = control_table(args[0], args[1])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    if len(args) == 2:
+        print(f"\nControls ({args[1]}):\n")
+        print(format_table(controls))
+        print("\nAttack against each control, paired by seed:\n")
+        print(format_control_table(versus))
     print(f"\nmatmul rate: {matmul_rate():.1f} GFLOP/s (float32, 512x512, torch CPU)")
     return 0
 

@@ -135,3 +135,46 @@ def test_main_prints_the_table_and_rejects_a_non_results_dir(tmp_path, capsys):
 
 def test_matmul_rate_is_positive():
     assert matmul_rate(n=64, seconds=0.05) > 0
+
+
+def _control_copy(tmp_path, shift: float):
+    """The fixture's attack arm renamed ``control``, the attacker's Shapley value lowered by
+    ``shift`` in every round (its inflation lowered by ``shift`` per round)."""
+    import shutil
+
+    root = tmp_path / "controls"
+    (root / "jobs").mkdir(parents=True)
+    sc = json.loads((FIXTURE / "scenario.json").read_text())
+    sc["arms"] = [dict(a, name="control") for a in sc["arms"] if a["name"] == "attack"]
+    (root / "scenario.json").write_text(json.dumps(sc))
+    rounds = 0
+    for seed in (0, 1):
+        src, dst = FIXTURE / "jobs" / f"attack__s{seed}", root / "jobs" / f"control__s{seed}"
+        shutil.copytree(src, dst)
+        recs = [json.loads(line) for line in (dst / "rounds.jsonl").open()]
+        for r in recs:
+            r["arm"] = "control"
+            r["values"]["shapley"]["0"] -= shift
+        rounds = len(recs)
+        (dst / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        summ = json.loads((dst / "summary.json").read_text())
+        summ["arm"] = "control"
+        (dst / "summary.json").write_text(json.dumps(summ))
+    return root, rounds
+
+
+def test_control_table_pairs_attack_and_control_by_seed(tmp_path, capsys):
+    from fedattr.stats import control_table, format_control_table, main
+
+    ctl, rounds = _control_copy(tmp_path, shift=0.05)
+    rows = control_table(FIXTURE, ctl)
+    row = next(r for r in rows if r["evaluator"] == "shapley")
+    assert (row["arm"], row["control"], row["n"]) == ("attack", "control", 2)
+    assert row["diff"].mean == pytest.approx(0.05 * rounds) and row["diff"].positive == 2
+    assert row["attack"] - row["control_mean"] == pytest.approx(0.05 * rounds)
+    loo = next(r for r in rows if r["evaluator"] == "loo")
+    assert loo["diff"].mean == pytest.approx(0.0, abs=1e-12)
+    assert "attack - control" in format_control_table(rows)
+    assert main([str(FIXTURE), str(ctl)]) == 0
+    out = capsys.readouterr().out
+    assert "Attack against each control" in out and "| attack | control | shapley | 2 |" in out
