@@ -5,14 +5,17 @@ rounds of the small CNN on mnist5k (Dirichlet(0.5) partitions, one local epoch, 
 
 1. accuracy: per n in --error-sizes, arm (honest; ``attack``: client 0 trains on extra public
    images on top of its own) and round, the relative L1 error against exact Shapley of the
-   surrogate alone and of control-variate (CV) Shapley at its default stopping rule, and the
-   real utility evaluations GTG, TMC and CV need to reach 5% error (mean over seeds, budget
-   grid); for the accuracy utility and for neg_ce. The exact table is evaluated once per round
+   Taylor surrogate alone, of the logit surrogate alone (each anchoring: grand, clients, both)
+   and of control-variate (CV) Shapley on the logit surrogate at its default stopping rule, and
+   the real utility evaluations CV (logit and Taylor surrogate), GTG and TMC need to reach 5%
+   error (mean over seeds, budget grid; --reach picks which); for the accuracy utility and for
+   neg_ce. The exact table is evaluated once per round
    with ``ModelUtility.evaluate_all`` (both metrics from one forward pass) and prefilled into
    each game's cache, so these estimators cost no model evaluations here.
 2. scaling: per n in --scale-sizes, one round's local training time (all n clients, one after
-   the other) next to the attribution seconds of GTG, TMC, surrogate and CV Shapley, each on a
-   fresh cache, capped at --cap seconds.
+   the other) next to the attribution seconds of GTG, TMC, the Taylor surrogate, CV Shapley and
+   the logit surrogate (--scale-evaluators picks which), each on a fresh cache, capped at --cap
+   seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ from fedattr.training import train_local  # noqa: E402
 
 BUDGETS = [12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096]
 METRICS = ("accuracy", "neg_ce")
+ANCHORS = ("grand", "clients", "both", "loo")
+REACH = ("cv_logit", "cv_taylor", "gtg", "tmc")
+SCALE_EVALUATORS = ("gtg", "tmc", "surrogate_shapley", "cv_shapley", "logit_surrogate_shapley", "logit_both")
 
 
 # ------------------------------------------------------------------------------- real rounds
@@ -108,7 +114,8 @@ def evals_to_reach(game, exact, name, n, seeds, target=0.05):
     """Smallest budget of the grid whose mean error over ``seeds`` is within ``target``, and
     the error curve."""
     curve = []
-    for b in [b for b in BUDGETS if b <= (1 << n)]:
+    floor = 2 * n + 2 if name == "cv_logit" else 2  # real coalitions the surrogate itself is built from
+    for b in [b for b in BUDGETS if floor <= b <= (1 << n)]:
         errs, used = [], []
         for s in seeds:
             if name == "tmc":
@@ -116,7 +123,8 @@ def evals_to_reach(game, exact, name, n, seeds, target=0.05):
             elif name == "gtg":
                 ev = make_evaluator("gtg", tolerance=0.0, max_permutations=1000, stop=_SpendBudget(b))
             else:
-                ev = make_evaluator("cv_shapley", stop=_SpendBudget(b) | MaxPermutations(1000))
+                kind = "logit" if name == "cv_logit" else "taylor"
+                ev = make_evaluator("cv_shapley", surrogate_kind=kind, stop=_SpendBudget(b) | MaxPermutations(1000))
             ev.fit(game, seed=s)
             errs.append(rel_l1(ev.values_, exact))
             used.append(ev.n_evaluations_)
@@ -126,7 +134,7 @@ def evals_to_reach(game, exact, name, n, seeds, target=0.05):
     return None, curve
 
 
-def accuracy_study(n, arm, rounds, seed, val_size, seeds):
+def accuracy_study(n, arm, rounds, seed, val_size, seeds, reach=REACH, taylor=True):
     rows = []
     x_val, y_val = splits_val(seed, val_size)
     for r, model, gstate, states, weights, train_s in fedavg_rounds(n, rounds, seed, val_size, attack=arm == "attack"):
@@ -136,43 +144,60 @@ def accuracy_study(n, arm, rounds, seed, val_size, seeds):
             game = RoundGame.from_state_dicts(util, gstate, states, weights=weights)
             game.cache.prefill(enumerate(tables[metric].tolist()))
             exact = semivalue_from_table(tables[metric], shapley_weights(n))
-            sur = make_evaluator("surrogate_shapley").fit(game)
-            cv_errs, cv_evals = [], []
-            for s in seeds:
-                cv = make_evaluator("cv_shapley").fit(game, seed=s)
-                cv_errs.append(rel_l1(cv.values_, exact))
-                cv_evals.append(cv.n_evaluations_)
             row = {
                 "n": n, "arm": arm, "round": r, "metric": metric, "train_s": train_s, "table_s": table_s,
                 "gain": float(tables[metric][-1] - tables[metric][0]),
                 "update_norm": float(game.updates.norm(dim=1).mean()),
-                "surrogate_err": rel_l1(sur.values_, exact), "taylor_s": sur.taylor_seconds_,
-                "cv_default_err": float(np.mean(cv_errs)), "cv_default_evals": float(np.mean(cv_evals)),
+                "surrogate_err": None, "taylor_s": None,
             }
-            for name in ("cv", "gtg", "tmc"):
-                row[f"{name}_evals_5pct"], row[f"{name}_curve"] = evals_to_reach(game, exact, name, n, seeds)
+            if taylor:
+                sur = make_evaluator("surrogate_shapley").fit(game)
+                row["surrogate_err"], row["taylor_s"] = rel_l1(sur.values_, exact), sur.taylor_seconds_
+            for anchor in ANCHORS:
+                lsur = make_evaluator("logit_surrogate_shapley", anchor=anchor).fit(game)
+                row[f"logit_{anchor}_err"] = rel_l1(lsur.values_, exact)
+                row["logit_s"] = max(row.get("logit_s", 0.0), lsur.seconds_)
+            cv_errs, cv_evals = [], []
+            for s in seeds:
+                cv = make_evaluator("cv_shapley", surrogate_kind="logit").fit(game, seed=s)
+                cv_errs.append(rel_l1(cv.values_, exact))
+                cv_evals.append(cv.n_evaluations_)
+            row["cv_default_err"], row["cv_default_evals"] = float(np.mean(cv_errs)), float(np.mean(cv_evals))
+            for name in REACH:
+                row[f"{name}_evals_5pct"], row[f"{name}_curve"] = (
+                    evals_to_reach(game, exact, name, n, seeds) if name in reach else (None, None))
+            row["reach"] = list(reach)
             rows.append(row)
             print(_fmt_row(row), flush=True)
     return rows
 
 
 def _fmt_row(r):
-    def ev(x):
+    def ev(name):
+        if name not in r["reach"]:
+            return f"{'-':>8}"
+        x = r[f"{name}_evals_5pct"]
         return "   >grid" if x is None else f"{x:8.0f}"
+
+    def pct(x, w=8):
+        return f"{'-':>{w}} " if x is None else f"{100 * x:>{w}.1f}%"
     return (f"{r['n']:>3} {r['arm']:<7}{r['round']:>3} {r['metric']:<9}{r['gain']:>+8.4f}{r['update_norm']:>7.2f}"
-            f"{100 * r['surrogate_err']:>8.1f}%{100 * r['cv_default_err']:>7.1f}%{r['cv_default_evals']:>6.0f}"
-            f"{ev(r['cv_evals_5pct'])}{ev(r['gtg_evals_5pct'])}{ev(r['tmc_evals_5pct'])}{1 << r['n']:>7}"
-            f"{r['taylor_s']:>8.2f}{r['table_s']:>8.1f}")
+            f"{pct(r['surrogate_err'])}" + "".join(pct(r[f"logit_{a}_err"], 7) for a in ANCHORS)
+            + f"{pct(r['cv_default_err'], 7)}{r['cv_default_evals']:>6.0f}"
+            + "".join(ev(name) for name in REACH) + f"{1 << r['n']:>7}"
+            + ("       -" if r["taylor_s"] is None else f"{r['taylor_s']:>8.2f}") + f"{r['logit_s']:>8.2f}{r['table_s']:>8.1f}")
 
 
-ACC_HEADER = (f"{'n':>3} {'arm':<7}{'rnd':>3} {'metric':<9}{'gain':>8}{'|g|':>7}{'sur err':>9}{'cv err':>8}"
-              f"{'cv ev':>6}{'cv 5%':>8}{'gtg 5%':>8}{'tmc 5%':>8}{'exact':>7}{'taylor s':>8}{'exact s':>8}")
+ACC_HEADER = (f"{'n':>3} {'arm':<7}{'rnd':>3} {'metric':<9}{'gain':>8}{'|g|':>7}{'taylor':>9}"
+              + "".join(f"{'L-' + a[:5]:>8}" for a in ANCHORS) + f"{'cvL err':>8}{'cvL ev':>6}"
+              + f"{'cvL 5%':>8}{'cvT 5%':>8}{'gtg 5%':>8}{'tmc 5%':>8}{'exact':>7}{'taylor s':>8}{'logit s':>8}"
+              f"{'exact s':>8}")
 
 
 # ------------------------------------------------------------------------------- scaling
 
 
-def scaling_study(n, seed, val_size, cap):
+def scaling_study(n, seed, val_size, cap, evaluators=SCALE_EVALUATORS):
     x_val, y_val = splits_val(seed, val_size)
     _, model, gstate, states, weights, train_s = next(fedavg_rounds(n, 1, seed, val_size))
     row = {"n": n, "train_s": train_s}
@@ -181,22 +206,40 @@ def scaling_study(n, seed, val_size, cap):
         "tmc": {"stop": make_evaluator("tmc")._default_stop() | MaxTime(cap)},
         "surrogate_shapley": {},
         "cv_shapley": {"stop": make_evaluator("cv_shapley")._default_stop() | MaxTime(cap)},
+        "logit_surrogate_shapley": {},  # default anchor "loo": 2n + 2 forwards
+        "logit_both": {"anchor": "both"},  # n + 2 forwards
     }
-    for name, params in specs.items():
+    for name in SCALE_EVALUATORS:
+        if name not in evaluators:
+            row[name] = None
+            continue
+        params = specs[name]
         util = ModelUtility(model, x_val, y_val, metric="accuracy")
         game = RoundGame.from_state_dicts(util, gstate, states, weights=weights)
-        ev = make_evaluator(name, **params).fit(game, seed=seed)
+        ev = make_evaluator("logit_surrogate_shapley" if name == "logit_both" else name, **params).fit(game, seed=seed)
         row[name] = {"s": ev.seconds_, "evals": ev.n_evaluations_, "capped": "stop" in params and ev.seconds_ >= cap}
         if name == "surrogate_shapley":
             row[name]["taylor_s"] = ev.taylor_seconds_
             row[name]["exact"] = ev.exact_
-    cells = "".join(f"{row[k]['s']:>9.1f}{'*' if row[k]['capped'] else ' '}{row[k]['evals']:>6}" for k in specs)
-    print(f"{n:>4}{train_s:>9.1f}{cells}{row['surrogate_shapley']['s'] / train_s:>9.2f}", flush=True)
+        if name in ("logit_surrogate_shapley", "logit_both"):
+            row[name]["forward_s"] = ev.forward_seconds_
+            row[name]["exact"] = ev.exact_
+
+    def cell(k):
+        c = row[k]
+        return f"{'-':>10}{'-':>6}" if c is None else f"{c['s']:>9.1f}{'*' if c['capped'] else ' '}{c['evals']:>6}"
+
+    def ratio(k):
+        return f"{'-':>10}" if row[k] is None else f"{row[k]['s'] / train_s:>10.2f}"
+    lg = row["logit_surrogate_shapley"]
+    extra = f"{'-':>9}{'-':>6}" if lg is None else f"{lg['forward_s']:>9.1f}{'exact' if lg['exact'] else 'perm':>6}"
+    print(f"{n:>4}{train_s:>9.1f}" + "".join(cell(k) for k in SCALE_EVALUATORS) + extra
+          + ratio("surrogate_shapley") + ratio("logit_surrogate_shapley") + ratio("logit_both"), flush=True)
     return row
 
 
-SCALE_HEADER = (f"{'n':>4}{'train s':>9}" + "".join(f"{k + ' s':>10}{'evals':>6}" for k in ("gtg", "tmc", "sur", "cv"))
-                + f"{'sur/train':>9}")
+SCALE_HEADER = (f"{'n':>4}{'train s':>9}" + "".join(f"{k + ' s':>10}{'evals':>6}" for k in ("gtg", "tmc", "sur", "cv", "L-loo", "L-both"))
+                + f"{'fwd s':>9}{'enum':>6}{'sur/train':>10}{'L-loo/tr':>10}{'L-both/tr':>10}")
 
 
 # ------------------------------------------------------------------------------- main
@@ -213,6 +256,11 @@ def main(argv=None):
     ap.add_argument("--val-size", type=int, default=300, help="validation images (default 300)")
     ap.add_argument("--cap", type=float, default=None, help="seconds cap per evaluator in the scaling table (default 120; quick 30)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--reach", nargs="*", default=list(REACH), choices=REACH,
+                    help="estimators whose evaluations to 5%% are searched on the budget grid (default all)")
+    ap.add_argument("--no-taylor", action="store_true", help="skip the Taylor surrogate in the error study")
+    ap.add_argument("--scale-evaluators", nargs="+", default=list(SCALE_EVALUATORS), choices=SCALE_EVALUATORS,
+                    help="evaluators timed in the scaling table (default all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=str, default=None, help="write all results to this JSON file")
     args = ap.parse_args(argv)
@@ -234,12 +282,13 @@ def main(argv=None):
         print(ACC_HEADER)
         for n in err_sizes:
             for arm in args.arms:
-                results["errors"] += accuracy_study(n, arm, rounds, args.seed, args.val_size, seeds)
+                results["errors"] += accuracy_study(n, arm, rounds, args.seed, args.val_size, seeds, args.reach,
+                                                    not args.no_taylor)
     if scale_sizes:
         print(f"\n## seconds per round (accuracy utility, fresh cache each; * = stopped by the {cap:.0f} s cap)")
         print(SCALE_HEADER)
         for n in scale_sizes:
-            results["scaling"].append(scaling_study(n, args.seed, args.val_size, cap))
+            results["scaling"].append(scaling_study(n, args.seed, args.val_size, cap, args.scale_evaluators))
     results["seconds_total"] = time.perf_counter() - t_start
     print(f"\ntotal {results['seconds_total']:.0f} s")
     if args.json:

@@ -22,7 +22,7 @@ from fedattr.evaluators import (
     masks_to_matrix,
 )
 
-ANCHORS = ("grand", "clients", "both")
+ANCHORS = ("grand", "clients", "both", "loo")
 
 
 def _clients(state, n, scale, gen, bn=False):
@@ -147,7 +147,7 @@ def test_surrogate_equals_game_when_logits_are_linear(linear, metric, anchor):
         np.testing.assert_allclose(row[p], np.diff(real[prefixes]), atol=1e-6)
 
 
-def _formula(z0, zc, zn, weights, member, anchor):
+def _formula(z0, zc, zn, zl, weights, member, anchor):
     """The surrogate's logits written out independently of the module (numpy, one coalition)."""
     n = len(weights)
     if not member.any():
@@ -157,6 +157,15 @@ def _formula(z0, zc, zn, weights, member, anchor):
     d = zc - z0
     lin = z0 + np.tensordot(c, d, 1)
     r = zn - z0 - np.tensordot(p, d, 1)
+    if anchor == "loo":
+        # Per-client curvature u_i fitted (least squares) to the residuals at N and N \ {k}.
+        rows, rhs = [p * (1 - p)], [r]
+        for k in range(n):
+            ck = fedavg_coefficients((np.arange(n) != k)[None], weights)[0]
+            rows.append(ck * (1 - ck))
+            rhs.append(zl[k] - z0 - np.tensordot(ck, d, 1))
+        u = np.linalg.lstsq(np.array(rows), np.array(rhs).reshape(n + 1, -1), rcond=None)[0].reshape(d.shape)
+        return lin + np.tensordot(c * (1 - c), u, 1)
     alpha = {"grand": 1.0, "clients": 0.0, "both": (1 - c @ c) / (1 - p @ p)}[anchor]
     return lin + alpha * r
 
@@ -171,10 +180,11 @@ def test_surrogate_formula_and_exactness_on_a_nonlinear_game(tiny, metric, ancho
     table = sur.table()
     # Independent formula on the real forwards of the anchor models.
     util = game.utility
-    z = util.logits(game.aggregate_many([0] + [1 << i for i in range(n)] + [full])).numpy()
+    loo = [full ^ (1 << k) for k in range(n)]
+    z = util.logits(game.aggregate_many([0] + [1 << i for i in range(n)] + [full] + loo)).numpy()
     y = util.validation_[1]
-    for m in (3, 5, 6, 13, 22, 27, 30):
-        zm = _formula(z[0], z[1:-1], z[-1], np.array(WEIGHTS), masks_to_matrix([m], n)[0], anchor)
+    for m in (3, 5, 6, 9, 13, 22, 26):
+        zm = _formula(z[0], z[1:n + 1], z[n + 1], z[n + 2:], np.array(WEIGHTS), masks_to_matrix([m], n)[0], anchor)
         if metric == "accuracy":
             want = float((zm.argmax(-1) == y.numpy()).mean())
         else:
@@ -182,7 +192,7 @@ def test_surrogate_formula_and_exactness_on_a_nonlinear_game(tiny, metric, ancho
         assert table[m] == pytest.approx(want, abs=1e-6), m
     # Exact (the real values, bit for bit) wherever the anchoring says so ...
     exact_at = {"grand": [0, full], "clients": [0] + [1 << i for i in range(n)],
-                "both": [0, full] + [1 << i for i in range(n)]}[anchor]
+                "both": [0, full] + [1 << i for i in range(n)], "loo": [0, full] + [1 << i for i in range(n)] + loo}[anchor]
     for m in exact_at:
         assert table[m] == game.cache.peek(m)
         assert table[m] == pytest.approx(real[m], abs=1e-6)
@@ -227,7 +237,7 @@ def test_sampled_shapley_converges_to_enumeration(tiny):
 
 def test_efficiency_where_exact_at_both_ends(tiny):
     game = make_game(tiny, "accuracy")
-    for anchor in ("grand", "both"):
+    for anchor in ("grand", "both", "loo"):
         values = make_evaluator("logit_surrogate_shapley", anchor=anchor).fit(game).values_
         assert values.sum() == pytest.approx(game.gain(), abs=1e-12)
 
@@ -248,16 +258,20 @@ def test_evaluator_counts_anchor_evaluations_and_shares_forwards(tiny):
 
     util.logits = counting
     game.value(game.full_mask)  # known before: used as is, not recorded again
-    ev = make_evaluator("logit_surrogate_shapley").fit(game)
+    ev = make_evaluator("logit_surrogate_shapley", anchor="both").fit(game)
     assert EVALUATORS["logit_surrogate_shapley"].__name__ == "LogitSurrogateShapley"
     assert ev.exact_ and ev.n_evaluations_ == n + 2 and ev.n_new_evaluations_ == n + 1
     assert game.cache.n_evaluations == n + 2 and sum(calls) == n + 2
     np.testing.assert_allclose(ev.values_, ev.surrogate_.shapley()[0], atol=0)
     other = make_evaluator("logit_surrogate_shapley", anchor="grand").fit(game)
-    cv = make_evaluator("cv_shapley", stop=MaxPermutations(2)).fit(game, seed=0)
+    cv = make_evaluator("cv_shapley", anchor="both", stop=MaxPermutations(2)).fit(game, seed=0)
     assert sum(calls) == n + 2  # one set of forwards for every anchoring and evaluator
     assert other.n_new_evaluations_ == 0 and other.forward_seconds_ == 0.0
     assert cv.surrogate_ is ev.surrogate_
+    loo_masks = [game.full_mask ^ (1 << k) for k in range(n)]
+    unseen = sum(m not in game.cache for m in loo_masks)  # CV's walks may have evaluated some
+    loo = make_evaluator("logit_surrogate_shapley", anchor="loo").fit(game)
+    assert sum(calls) == 2 * n + 2 and loo.n_evaluations_ == 2 * n + 2 and loo.n_new_evaluations_ == unseen
     given = make_evaluator("logit_surrogate_shapley", surrogate=ev.surrogate_).fit(game)
     np.testing.assert_array_equal(given.values_, ev.values_)
 
@@ -308,7 +322,7 @@ def test_cv_with_exact_logit_surrogate_has_zero_residual(linear, metric):
     assert ev.n_evaluations_ > game.n + 2  # it did walk real permutations
 
 
-@pytest.mark.parametrize("anchor", ["grand", "both"])
+@pytest.mark.parametrize("anchor", ["grand", "both", "loo"])
 def test_cv_with_logit_surrogate_is_unbiased_on_a_nonlinear_game(tiny, anchor):
     game = make_game(tiny, "neg_ce")
     game.values(all_masks(game.n))  # the whole table once; every run below reads the cache
@@ -320,3 +334,13 @@ def test_cv_with_logit_surrogate_is_unbiased_on_a_nonlinear_game(tiny, anchor):
     se = runs.std(0) / np.sqrt(len(runs))
     assert np.all(se > 0)
     assert np.all(np.abs(runs.mean(0) - exact) < 4 * se)
+
+
+def test_cv_budget_below_the_logit_anchors_is_a_clear_error(tiny):
+    from fedattr.evaluators import MaxEvaluations
+
+    game = make_game(tiny, "neg_ce")
+    with pytest.raises(ValueError, match="n \\+ 2 = 7"):
+        make_evaluator("cv_shapley", stop=MaxEvaluations(6)).fit(game, seed=0)
+    ev = make_evaluator("cv_shapley", stop=MaxEvaluations(12)).fit(game, seed=0)
+    assert ev.n_evaluations_ <= 12 and ev.budget_exhausted_

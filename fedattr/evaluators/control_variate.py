@@ -106,8 +106,13 @@ class ControlVariateShapley(MonteCarloEvaluator):
         n_perm = 0
         base = np.zeros(n)
         if n:
-            sur = self._surrogate_game(game, req)
-            v0, vn = req.values([0, game.full_mask])
+            try:
+                sur = self._surrogate_game(game, req)
+                v0, vn = req.values([0, game.full_mask])
+            except BudgetExhausted:
+                raise ValueError(f"the evaluation budget ({req.budget}) does not cover the real coalitions the "
+                                 f"surrogate is built from (n + 2 = {n + 2} for the logit surrogate, 2 for the "
+                                 "Taylor one)") from None
             base, _ = sur.shapley(self.max_exact_players, self.n_permutations_surrogate, rng)
             self.surrogate_ = sur
             while True:

@@ -17,6 +17,11 @@ with ``c(S)`` FedAvg's renormalised coefficients (zero-weight fallback included)
 - ``"both"``: ``alpha = (1 - |c(S)|^2) / (1 - |p|^2)``: exact at the empty coalition, every
   singleton and ``N``. (For logits quadratic in the parameters with equal pairwise curvature,
   the departure from linear interpolation is proportional to ``1 - |c|^2``.)
+- ``"loo"``: ``n`` more real forwards, the leave-one-out coalitions ``N \ {k}``, and a
+  curvature per client instead of one: ``alpha(S) r`` becomes ``sum_i c_i(S) (1 - c_i(S)) u_i``
+  (0 at singletons; ``1 - |c|^2`` times ``u`` when every ``u_i = u``), with ``u [n, V, C]`` the
+  least-squares fit of the residuals at ``N`` and the ``n`` leave-one-out coalitions. Exact at
+  the empty coalition, singletons, leave-one-out coalitions and ``N`` (their real values).
 
 The game's metric (accuracy, neg_ce, balanced_accuracy) is computed exactly on the mixed
 logits, so a coalition value costs ``O(n_val x classes x n)`` and no model forward. Where the
@@ -42,12 +47,20 @@ from .surrogate import fedavg_coefficients
 
 __all__ = ["LOGIT_ANCHORS", "LogitSurrogateGame", "LogitSurrogateShapley", "logit_surrogate_for"]
 
-LOGIT_ANCHORS = ("grand", "clients", "both")
-DEFAULT_LOGIT_ANCHOR = "both"
+LOGIT_ANCHORS = ("grand", "clients", "both", "loo")
+DEFAULT_LOGIT_ANCHOR = "loo"
 MAX_EXACT_LOGIT_PLAYERS = 20
 _SCORED_METRICS = ("accuracy", "neg_ce", "balanced_accuracy")
 # Mixed-logit elements held at once (per chunk of coalitions or permutations).
 _CHUNK_ELEMENTS = 1 << 22
+
+
+def _anchor_masks(n: int, anchor: str) -> list[int]:
+    full = (1 << n) - 1
+    masks = [0] + [1 << i for i in range(n)] + [full]
+    if anchor == "loo":
+        masks += [full ^ (1 << k) for k in range(n)]
+    return list(dict.fromkeys(masks))
 
 
 def _check_anchor(anchor: str) -> str:
@@ -80,11 +93,13 @@ class LogitSurrogateGame(Game):
     anchor_values : dict, optional
         Real values ``{mask: value}`` of the anchor coalitions (default: the metric of the given
         logits); returned where the construction is exact.
+    z_loo : Tensor [n, V, C], optional
+        Logits of each leave-one-out coalition ``N \ {k}`` (required by ``anchor="loo"``).
     """
 
     def __init__(self, z_empty, z_clients, z_full, y, metric: str = "accuracy", weights=None,
                  anchor: str = DEFAULT_LOGIT_ANCHOR, players: Sequence | None = None,
-                 num_classes: int | None = None, anchor_values: dict | None = None):
+                 num_classes: int | None = None, anchor_values: dict | None = None, z_loo=None):
         z_clients = torch.as_tensor(z_clients)
         if z_clients.dim() != 3:
             raise ValueError(f"z_clients must be [n, V, C], got {tuple(z_clients.shape)}")
@@ -111,6 +126,17 @@ class LogitSurrogateGame(Game):
         p = torch.as_tensor(self.p, dtype=dtype, device=device)
         self.r = z_full - self.z0 - (p @ self.d.reshape(n, -1)).reshape(v, c) if n else torch.zeros_like(self.z0)
         self._pp = float(self.p @ self.p)
+        self.u = None
+        if self.anchor == "loo":
+            if z_loo is None:
+                raise ValueError("anchor='loo' needs the leave-one-out coalitions' logits (z_loo)")
+            z_loo = torch.as_tensor(z_loo).to(device, dtype).reshape(n, v, c)
+            member = ~np.eye(n, dtype=bool)
+            c_loo = fedavg_coefficients(member, self.weights)
+            lin = self.z0.reshape(1, -1) + torch.as_tensor(c_loo, dtype=dtype, device=device) @ self.d.reshape(n, -1)
+            resid = torch.cat([self.r.reshape(1, -1), z_loo.reshape(n, -1) - lin]).to(torch.float64)
+            a = np.vstack([self.p * (1 - self.p), c_loo * (1 - c_loo)])
+            self.u = (torch.as_tensor(np.linalg.pinv(a), dtype=torch.float64, device=device) @ resid).to(dtype).reshape(n, v, c)
         counts = torch.bincount(self.y, minlength=self.num_classes).to(torch.float64)
         self._present = counts > 0
         self._counts = counts
@@ -119,6 +145,9 @@ class LogitSurrogateGame(Game):
         anchor_values = dict(anchor_values or {})
         masks = [0] + [1 << i for i in range(n)] + [self.full_mask]
         logits = [self.z0] + list(z_clients.to(dtype)) + [z_full]
+        if self.anchor == "loo":
+            masks += [self.full_mask ^ (1 << k) for k in range(n)]
+            logits += list(z_loo)
         need = [k for k, m in enumerate(masks) if m not in anchor_values]
         if need:
             scored = self.scores(torch.stack([logits[k] for k in need]))
@@ -126,15 +155,18 @@ class LogitSurrogateGame(Game):
         self.v_empty = float(anchor_values[0])
         self.v_clients = np.array([anchor_values[1 << i] for i in range(n)], dtype=np.float64)
         self.v_full = float(anchor_values[self.full_mask])
+        self.v_loo = (np.array([anchor_values[self.full_mask ^ (1 << k)] for k in range(n)], dtype=np.float64)
+                      if self.anchor == "loo" else None)
         self._table: np.ndarray | None = None
         self.forward_seconds_ = 0.0
 
     # construction ------------------------------------------------------------------------------
     @classmethod
     def from_round_game(cls, game: RoundGame, anchor: str = DEFAULT_LOGIT_ANCHOR,
-                        logits: tuple | None = None) -> "LogitSurrogateGame":
+                        logits: dict | None = None) -> "LogitSurrogateGame":
         """Build the surrogate of a FedAvg round game with a :class:`ModelUtility`: ``n + 2`` real
-        forwards (``utility.logits``), unless ``logits = (z_empty, z_clients, z_full)`` are given.
+        forwards (``utility.logits``; ``2n + 2`` for ``anchor="loo"``). ``logits``, a dict
+        ``{mask: logits [V, C]}``, supplies forwards already run and receives the new ones.
 
         The values of the anchor coalitions (empty, singletons, ``N``) not yet in the game's
         cache are computed from these logits and recorded there as evaluations, so that no
@@ -148,53 +180,46 @@ class LogitSurrogateGame(Game):
         _check_anchor(anchor)
         metric = getattr(utility, "metric", None)
         n = game.n
-        masks = list(dict.fromkeys([0] + [1 << i for i in range(n)] + [game.full_mask]))
+        masks = _anchor_masks(n, anchor)
+        logits = {} if logits is None else logits
         t0 = time.perf_counter()
-        seconds = 0.0
-        if logits is None:
-            step = int(getattr(utility, "max_coalitions_per_call_", len(masks)) or len(masks))
-            rows = []
+        todo = [m for m in masks if m not in logits]
+        if todo:
+            step = int(getattr(utility, "max_coalitions_per_call_", len(todo)) or len(todo))
             with torch.no_grad():
-                for s in range(0, len(masks), step):
-                    rows.append(utility.logits(game.aggregate_many(masks[s:s + step])))
-            z = dict(zip(masks, torch.cat(rows)))
-            z_empty, z_clients, z_full = z[0], torch.stack([z[1 << i] for i in range(n)]) if n else None, z[game.full_mask]
-            seconds = time.perf_counter() - t0
-        else:
-            z_empty, z_clients, z_full = logits
-        if z_clients is None:
-            z_clients = torch.zeros((0,) + tuple(z_empty.shape), dtype=z_empty.dtype, device=z_empty.device)
+                for s in range(0, len(todo), step):
+                    logits.update(zip(todo[s:s + step], utility.logits(game.aggregate_many(todo[s:s + step]))))
+        seconds = time.perf_counter() - t0
+        z_empty = logits[0]
+
+        def stack(ms):
+            return (torch.stack([logits[m] for m in ms]) if ms else
+                    torch.zeros((0,) + tuple(z_empty.shape), dtype=z_empty.dtype, device=z_empty.device))
         _, y = utility.validation_
         known = {m: game.cache.peek(m) for m in masks if m in game.cache}
-        out = cls(z_empty, z_clients, z_full, y, metric, game.weights, anchor, game.players,
-                  getattr(utility, "num_classes_", None), known)
+        out = cls(z_empty, stack([1 << i for i in range(n)]), logits[game.full_mask], y, metric, game.weights,
+                  anchor, game.players, getattr(utility, "num_classes_", None), known,
+                  stack([game.full_mask ^ (1 << k) for k in range(n)]) if anchor == "loo" else None)
         new = [(m, out._anchor_value(m)) for m in masks if m not in known]
-        game.cache.record(new, seconds * len(new) / max(len(masks), 1))
+        game.cache.record(new, seconds * len(new) / max(len(todo), 1))
         out.forward_seconds_ = time.perf_counter() - t0
-        out._logits = (z_empty, z_clients, z_full)
-        return out
-
-    def with_anchor(self, anchor: str) -> "LogitSurrogateGame":
-        """The same logits and real anchor values under another anchoring."""
-        z_full = self.z0 + (torch.as_tensor(self.p, dtype=self.d.dtype, device=self.d.device)
-                            @ self.d.reshape(self.n, -1)).reshape(self.z0.shape) + self.r if self.n else self.z0
-        vals = {0: self.v_empty, self.full_mask: self.v_full, **{1 << i: v for i, v in enumerate(self.v_clients)}}
-        out = LogitSurrogateGame(self.z0, self.z0 + self.d, z_full, self.y, self.metric, self.weights, anchor,
-                                 self.players, self.num_classes, vals)
-        out.forward_seconds_ = self.forward_seconds_
         return out
 
     @property
     def anchor_masks(self) -> list[int]:
-        """The real coalitions the surrogate is built from: empty, every singleton, ``N``."""
-        return list(dict.fromkeys([0] + [1 << i for i in range(self.n)] + [self.full_mask]))
+        """The real coalitions the surrogate is built from: empty, every singleton, ``N`` (and
+        every leave-one-out coalition for ``anchor="loo"``)."""
+        return _anchor_masks(self.n, self.anchor)
 
     def _anchor_value(self, mask: int) -> float:
+        mask = int(mask)
         if mask == 0:
             return self.v_empty
         if mask == self.full_mask:
             return self.v_full
-        return float(self.v_clients[int(mask).bit_length() - 1])
+        if mask & (mask - 1) == 0:
+            return float(self.v_clients[mask.bit_length() - 1])
+        return float(self.v_loo[(self.full_mask ^ mask).bit_length() - 1])
 
     # scoring -----------------------------------------------------------------------------------
     def scores(self, z: torch.Tensor) -> np.ndarray:
@@ -210,6 +235,8 @@ class LogitSurrogateGame(Game):
         return (per_class[:, self._present] / self._counts[self._present]).mean(1).cpu().numpy()
 
     def _alpha(self, c2: np.ndarray) -> np.ndarray:
+        if self.anchor == "loo":
+            return np.zeros_like(c2)  # the curvature is per client (``u``), added separately
         if self.anchor == "grand":
             return np.ones_like(c2)
         if self.anchor == "clients" or 1.0 - self._pp <= 1e-12:
@@ -219,11 +246,15 @@ class LogitSurrogateGame(Game):
     def _exact_rows(self, size: np.ndarray, member: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Replace the values of coalitions the construction is exact at by their real values."""
         out[size == 0] = self.v_empty
-        if self.anchor in ("clients", "both"):
+        if self.anchor in ("clients", "both", "loo"):
             one = size == 1
             if one.any():
                 out[one] = self.v_clients[member[one].argmax(1)]
-        if self.anchor in ("grand", "both"):
+        if self.anchor == "loo" and self.n > 1:
+            loo = size == self.n - 1
+            if loo.any():
+                out[loo] = self.v_loo[(~member[loo]).argmax(1)]
+        if self.anchor in ("grand", "both", "loo"):
             out[size == self.n] = self.v_full
         return out
 
@@ -232,6 +263,8 @@ class LogitSurrogateGame(Game):
         c = torch.as_tensor(coef, dtype=self.d.dtype, device=self.d.device)
         alpha = torch.as_tensor(self._alpha(c2), dtype=self.d.dtype, device=self.d.device)
         z = (c @ self.d.reshape(self.n, -1)).reshape(-1, *self.z0.shape)
+        if self.u is not None:
+            z = z + ((c * (1 - c)) @ self.u.reshape(self.n, -1)).reshape(-1, *self.z0.shape)
         return z + self.z0 + alpha[:, None, None] * self.r
 
     def values_of(self, member: np.ndarray) -> np.ndarray:
@@ -294,14 +327,27 @@ class LogitSurrogateGame(Game):
         zero = bool(np.any(self.weights == 0))
         s_w = torch.zeros((b,) + tuple(self.z0.shape), dtype=dt, device=dev)
         s_1 = torch.zeros_like(s_w) if zero else None
+        curv = self.u is not None
+        # With per-client curvature: sum w_i u_i, sum w_i^2 u_i (and sum u_i for the fallback).
+        s_u = torch.zeros_like(s_w) if curv else None
+        s_uu = torch.zeros_like(s_w) if curv else None
+        s_1u = torch.zeros_like(s_w) if curv and zero else None
         w_sum, w_sq, k = np.zeros(b), np.zeros(b), np.zeros(b)
         prev = np.full(b, self.v_empty)
         with torch.no_grad():
             for j in range(n):
                 i = perms[:, j]
                 wi = self.weights[i]
-                di = self.d[torch.as_tensor(i, device=dev)]
-                s_w += torch.as_tensor(wi, dtype=dt, device=dev)[:, None, None] * di
+                it = torch.as_tensor(i, device=dev)
+                di = self.d[it]
+                wt = torch.as_tensor(wi, dtype=dt, device=dev)[:, None, None]
+                s_w += wt * di
+                if curv:
+                    ui = self.u[it]
+                    s_u += wt * ui
+                    s_uu += wt * wt * ui
+                    if zero:
+                        s_1u += ui
                 w_sum += wi
                 w_sq += wi * wi
                 k += 1
@@ -309,15 +355,23 @@ class LogitSurrogateGame(Game):
                 safe = np.where(pos, w_sum, 1.0)
                 mean = s_w / torch.as_tensor(safe, dtype=dt, device=dev)[:, None, None]
                 c2 = np.where(pos, w_sq / safe ** 2, 1.0 / k)
+                if curv:
+                    sw = torch.as_tensor(safe, dtype=dt, device=dev)[:, None, None]
+                    mean = mean + s_u / sw - s_uu / sw ** 2
+                pos_t = torch.as_tensor(pos, device=dev)[:, None, None]
                 if zero:
                     s_1 += di
                     if not pos.all():
-                        mean = torch.where(torch.as_tensor(pos, device=dev)[:, None, None], mean, s_1 / float(k[0]))
+                        kk = float(k[0])
+                        alt = s_1 / kk + ((1 / kk - 1 / kk ** 2) * s_1u if curv else 0.0)
+                        mean = torch.where(pos_t, mean, alt)
                 alpha = torch.as_tensor(self._alpha(c2), dtype=dt, device=dev)
                 v = self.scores(self.z0 + mean + alpha[:, None, None] * self.r)
-                if j == 0 and self.anchor in ("clients", "both"):
+                if j == 0 and self.anchor in ("clients", "both", "loo"):
                     v = self.v_clients[i]
-                if j == n - 1 and self.anchor in ("grand", "both"):
+                if j == n - 2 and self.anchor == "loo" and n > 1:
+                    v = self.v_loo[perms[:, n - 1]]
+                if j == n - 1 and self.anchor in ("grand", "both", "loo"):
                     v = np.full(b, self.v_full)
                 marg[rows, i] = v - prev
                 prev = v
@@ -358,9 +412,7 @@ def logit_surrogate_for(game: Game, anchor: str = DEFAULT_LOGIT_ANCHOR) -> Logit
     _check_anchor(anchor)
     memo = _LOGIT_SURROGATES.setdefault(game, {})
     if anchor not in memo:
-        first = next(iter(memo.values()), None)
-        memo[anchor] = (LogitSurrogateGame.from_round_game(game, anchor) if first is None
-                        else first.with_anchor(anchor))
+        memo[anchor] = LogitSurrogateGame.from_round_game(game, anchor, memo.setdefault("_logits", {}))
     return memo[anchor]
 
 
@@ -384,8 +436,10 @@ class LogitSurrogateShapley(Evaluator):
 
     Parameters
     ----------
-    anchor : {"grand", "clients", "both"}
-        Where the construction is exact: empty and ``N``; empty and singletons; or all of them.
+    anchor : {"grand", "clients", "both", "loo"}
+        Where the construction is exact: empty and ``N``; empty and singletons; all of them;
+        or all of them and the leave-one-out coalitions (``2n + 2`` real forwards, a curvature
+        per client).
     max_exact_players : int
         Largest ``n`` enumerated exactly (2^n mixed-logit evaluations).
     n_permutations : int
@@ -413,7 +467,8 @@ class LogitSurrogateShapley(Evaluator):
         _check_anchor(self.anchor)
         if game.n == 0:
             return np.zeros(0)
-        shared = self.surrogate is None and bool(_LOGIT_SURROGATES.get(game))
+        memo = _LOGIT_SURROGATES.get(game, {}) if self.surrogate is None else {}
+        shared = self.anchor in memo or (self.anchor != "loo" and bool(memo.get("_logits")))
         sur = _logit_surrogate(self, game, req)
         values, self.exact_ = sur.shapley(self.max_exact_players, self.n_permutations, rng)
         self.surrogate_ = sur
