@@ -18,7 +18,8 @@ change, Kendall tau) over the rounds of a job first, then summarised over seeds:
 ``python -m fedattr.stats RESULTS_DIR [CONTROLS_DIR]`` prints the table and this machine's
 matmul rate; with a second directory (the same regime's controls and honest arm) also that
 directory's table and the attack-minus-control comparison, and the second directory's honest arm
-is the accuracy reference when the first has none.
+is the accuracy reference when the first has none. A sweep directory gives one table, a row per
+(point, arm, evaluator), the point named by its overrides.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from scipy import stats as sps
 
 __all__ = [
     "PairedStats", "paired_stats", "ranks_of", "round_effects", "job_effects", "claim_table",
-    "format_table", "matmul_rate", "detectable_effect", "control_table", "format_control_table",
+    "format_table", "matmul_rate", "detectable_effect", "control_table", "format_control_table", "sweep_table",
 ]
 
 
@@ -323,6 +324,20 @@ def format_control_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(sweep_dir: str | Path, evaluators: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """:func:`claim_table` of every point of a sweep directory, each row with ``point`` (its
+    overrides as ``key=value`` text); points with no finished job give no row."""
+    from fedattr.report import sweep_meta
+
+    root = Path(sweep_dir)
+    rows = []
+    for p in sweep_meta(root)["points"]:
+        label = ", ".join(f"{k}={v}" for k, v in (p.get("overrides") or {}).items())
+        if (root / p["dir"] / "scenario.json").is_file():
+            rows += [{**r, "point": label} for r in claim_table(root / p["dir"], evaluators)]
+    return rows
+
+
 def _nanmean(xs: Sequence[float]) -> float:
     fin = [x for x in xs if math.isfinite(x)]
     return float(np.mean(fin)) if fin else math.nan
@@ -344,11 +359,13 @@ TABLE_HEADERS = ["arm", "evaluator", "n", "inflation mean [95% t-CI]", "bootstra
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The claim table as markdown."""
-    lines = ["| " + " | ".join(TABLE_HEADERS) + " |", "|" + "---|" * len(TABLE_HEADERS)]
+    """The claim table as markdown (a first column ``point`` when the rows come from a sweep)."""
+    sweep = any("point" in r for r in rows)
+    headers = (["point"] if sweep else []) + TABLE_HEADERS
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         s: PairedStats = r["inflation"]
-        cells = [
+        cells = ([str(r.get("point", ""))] if sweep else []) + [
             str(r["arm"]), str(r["evaluator"]), str(s.n),
             f"{_num(s.mean)} [{_num(s.t_low)}, {_num(s.t_high)}]",
             f"[{_num(s.boot_low)}, {_num(s.boot_high)}]", _p(s.wilcoxon_p), f"{s.positive}/{s.n}",
@@ -382,10 +399,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (1, 2):
-        print("usage: python -m fedattr.stats RESULTS_DIR [CONTROLS_DIR]", file=sys.stderr)
+        print("usage: python -m fedattr.stats RESULTS_DIR [CONTROLS_DIR]\n"
+              "       python -m fedattr.stats SWEEP_DIR [EVALUATOR,...]", file=sys.stderr)
         return 2
     try:
-        rows = claim_table(args[0], honest_from=args[1] if len(args) == 2 else None)
+        from fedattr.report import is_sweep
+
+        if is_sweep(Path(args[0])):
+            rows = sweep_table(args[0], evaluators=args[1].split(",") if len(args) == 2 else None)
+            args = args[:1]
+        else:
+            rows = claim_table(args[0], honest_from=args[1] if len(args) == 2 else None)
         if len(args) == 2:
             controls = claim_table(args[1])
             versus = control_table(args[0], args[1])

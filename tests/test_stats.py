@@ -178,3 +178,21 @@ def test_control_table_pairs_attack_and_control_by_seed(tmp_path, capsys):
     assert main([str(FIXTURE), str(ctl)]) == 0
     out = capsys.readouterr().out
     assert "Attack against each control" in out and "| attack | control | shapley | 2 |" in out
+
+
+def test_sweep_table_has_a_row_per_point_named_by_its_overrides(capsys):
+    from fedattr.report import sweep_meta
+    from fedattr.stats import main, sweep_table
+
+    sweep = FIXTURE.parent / "sweep"
+    points = sweep_meta(sweep)["points"]
+    rows = sweep_table(sweep, ["shapley"])
+    finished = [p for p in points if claim_table(sweep / p["dir"], ["shapley"])]
+    assert finished and len(rows) == len(finished)
+    for p, r in zip(finished, rows):
+        assert r["point"] == ", ".join(f"{k}={v}" for k, v in p["overrides"].items())
+        direct = claim_table(sweep / p["dir"], ["shapley"])[0]
+        assert r["inflation"].values == direct["inflation"].values
+    assert main([str(sweep), "shapley"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| point | arm |") and rows[0]["point"] in out
