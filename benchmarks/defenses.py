@@ -1,9 +1,12 @@
 """Detector flag rates and robust-scoring inflation on the coverage-gap regime (issue 10's table).
 
 Run ``python -m benchmarks.defenses`` to run ``scenarios/defenses_claim.toml`` through ``fedattr
-run`` and print the table, or ``python -m benchmarks.defenses --results DIR`` to print it from a
-finished (or interrupted) results directory. Options after ``--set`` override scenario fields as
-in ``fedattr run``.
+run`` and print the table, or ``python -m benchmarks.defenses --results DIR [DIR ...]`` to print
+it from finished (or interrupted) results directories; several directories of the same regime
+are read as one, their arms paired by seed (the claim study, its controls with the honest arm,
+and the detectors' positive controls:
+``--results results/claim results/claim_controls results/defenses_baselines``). Options after
+``--set`` override scenario fields as in ``fedattr run``.
 
 Table 1, per detector: the share of (seed, round) pairs in which the attacker is flagged in the
 latent-attack, scaling and free-rider arms, and the share of benign (client, round) pairs flagged
@@ -90,10 +93,21 @@ def _clients(job) -> list[str]:
     return sorted({str(c) for rec in job.rounds for c in rec.get("clients") or []}, key=int)
 
 
+def _nanmean(xs) -> float:
+    fin = [x for x in xs if math.isfinite(x)]
+    return float(np.mean(fin)) if fin else math.nan
+
+
 def _cost(job, ev: str) -> tuple[float, float]:
-    evals = [float((rec.get("utility_evaluations") or {}).get(ev, math.nan)) for rec in job.rounds]
-    secs = [float(((rec.get("timings") or {}).get("evaluators") or {}).get(ev, math.nan)) for rec in job.rounds]
-    return float(np.nanmean(evals)) if evals else math.nan, float(np.nanmean(secs)) if secs else math.nan
+    """Mean distinct utility evaluations and seconds per round of ``ev`` in one job."""
+    evals, secs = [], []
+    for rec in job.rounds:
+        timings = rec.get("timings") or {}
+        # Flower runs record ``evaluators_s``; the in-process stand-in ``evaluators``.
+        per_ev = timings.get("evaluators_s") or timings.get("evaluators") or {}
+        evals.append(float((rec.get("utility_evaluations") or {}).get(ev, math.nan)))
+        secs.append(float(per_ev.get(ev, math.nan)))
+    return _nanmean(evals), _nanmean(secs)
 
 
 def mitigation_table(res) -> dict[str, dict[str, Any]]:
@@ -130,8 +144,8 @@ def mitigation_table(res) -> dict[str, dict[str, Any]]:
             "tau": mean_ci(taus),
             "tau_own": mean_ci(taus_own),
             "honest_tau": mean_ci([kendall_between(j.cumulative(PLAIN), j.cumulative(ev)) for j in honest_runs]),
-            "evals": float(np.nanmean([c[0] for c in costs])) if costs else math.nan,
-            "seconds": float(np.nanmean([c[1] for c in costs])) if costs else math.nan,
+            "evals": _nanmean([c[0] for c in costs]),
+            "seconds": _nanmean([c[1] for c in costs]),
         }
     return out
 
