@@ -226,8 +226,9 @@ def claim_table(
     gives the accuracy reference when ``results_dir`` has none.
 
     Row keys: ``arm``, ``attack``, ``evaluator``, ``attacker``, ``n`` (seeds), ``inflation``
-    (:class:`PairedStats` of the per-seed summed inflation), ``rel_cf`` (mean over seeds of
-    inflation / |sum of the attacker's counterfactual values|), ``rel_gain`` (mean of inflation /
+    (:class:`PairedStats` of the per-seed summed inflation), ``rel_cf`` (the seeds' total
+    inflation / their total |summed counterfactual value|: a ratio of sums, since one seed whose
+    counterfactual value is near 0 would dominate a mean of ratios), ``rel_gain`` (total inflation /
     the counterfactual round gains, i.e. the sum of the Shapley counterfactual vector, when
     recorded), ``rank_change``, ``benign_tau``, ``benign_change``, ``loo_inflation`` (means over
     seeds), ``acc_attack`` and ``acc_honest`` (mean final test accuracy of this arm and of the
@@ -260,13 +261,18 @@ def claim_table(
                     return float(np.mean(xs)) if xs else math.nan
 
                 # Against the magnitude: a negative counterfactual value would flip the sign.
-                rel_cf = [_ratio(per[s]["inflation"], abs(per[s]["cf_value"])) for s in per]
-                rel_gain = [_ratio(per[s]["inflation"], gains[s]) for s in per]
+                def ratio_of_sums(den: Mapping[int, float]) -> float:
+                    both = [s for s in per if math.isfinite(per[s]["inflation"]) and math.isfinite(den[s])]
+                    return _ratio(sum(per[s]["inflation"] for s in both), sum(den[s] for s in both)) if both \
+                        else math.nan
+
+                rel_cf = ratio_of_sums({s: abs(per[s]["cf_value"]) for s in per})
+                rel_gain = ratio_of_sums(gains)
                 rows.append({
                     "arm": arm, "attack": arms_attack.get(arm, arm), "evaluator": ev, "attacker": pid,
                     "n": len([x for x in infl if math.isfinite(x)]),
                     "inflation": paired_stats(infl),
-                    "rel_cf": _nanmean(rel_cf), "rel_gain": _nanmean(rel_gain),
+                    "rel_cf": rel_cf, "rel_gain": rel_gain,
                     "rank_change": mean_of("rank_change"), "benign_tau": mean_of("benign_tau"),
                     "benign_change": mean_of("benign_change"), "loo_inflation": mean_of("loo_inflation"),
                     "acc_attack": _nanmean([acc_a[s] for s in both]) if both else _nanmean(list(acc_a.values())),

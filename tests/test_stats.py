@@ -112,11 +112,14 @@ def test_claim_table_on_stored_results():
     rows = claim_table(FIXTURE)
     assert rows and {r["arm"] for r in rows} == {"attack"}
     row = next(r for r in rows if r["evaluator"] == "shapley")
-    expected = []
+    expected, cf = [], []
     for seed in (0, 1):
         recs = [json.loads(line) for line in (FIXTURE / "jobs" / f"attack__s{seed}" / "rounds.jsonl").open()]
         expected.append(sum(r["values"]["shapley"]["0"] - r["counterfactual_values"]["shapley"]["0"] for r in recs))
+        cf.append(sum(r["counterfactual_values"]["shapley"]["0"] for r in recs))
     assert row["inflation"].n == 2 and row["inflation"].mean == pytest.approx(np.mean(expected))
+    # relative inflation is a ratio of sums over seeds, not a mean of per-seed ratios
+    assert row["rel_cf"] == pytest.approx(sum(expected) / sum(abs(c) for c in cf))
     assert 0 < row["acc_attack"] < 1 and 0 < row["acc_honest"] < 1
     again = next(r for r in claim_table(FIXTURE, honest_from=FIXTURE) if r["evaluator"] == "shapley")
     assert again["acc_honest"] == row["acc_honest"] and again["acc_delta"].n == 2
