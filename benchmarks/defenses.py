@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,179 +186,6 @@ def as_json(res) -> dict[str, Any]:
     }
 
 
-# -- the in-process stand-in ----------------------------------------------------------------------
-
-
-class _Job:
-    """What the tables read of one (arm, seed) run, for runs made in this process."""
-
-    def __init__(self, arm: str, seed: int):
-        self.arm, self.seed = arm, seed
-        self.rounds: list[dict[str, Any]] = []
-        self.totals = None
-
-    def cumulative(self, ev: str) -> dict[str, float]:
-        return {str(k): float(v) for k, v in (self.totals.cumulative.get(ev) or {}).items()} if self.totals else {}
-
-    def counterfactual_inflation(self, ev: str) -> dict[str, float]:
-        return {str(k): float(v) for k, v in (self.totals.inflation.get(ev) or {}).items()} if self.totals else {}
-
-
-def _job_from_records(arm: str, seed: int, records: list[dict[str, Any]]) -> _Job:
-    """A job rebuilt from its round records (values summed over rounds, as AttributionTotals)."""
-    from fedattr.attribution import AttributionTotals, RoundAttribution
-
-    job = _Job(arm, seed)
-    job.rounds = records
-    if any("values" in r for r in records):
-        job.totals = AttributionTotals()
-        for r in records:
-            job.totals.update(RoundAttribution(r.get("values") or {}, r.get("counterfactual_values") or {}, {}, {}))
-    return job
-
-
-class _Results:
-    """The slice of :class:`fedattr.report.ScenarioResults` the tables use."""
-
-    def __init__(self, scenario, path: Path):
-        self.path = path
-        self.scenario = scenario.model_dump(mode="json")
-        self.arms = [a.name for a in scenario.arms]
-        self.seeds = list(scenario.seeds)
-        self.evaluators = [e.name for e in scenario.attribution.evaluators]
-        self.attacker_ids = [str(a) for a in scenario.attacker_ids]
-        self.honest_arm = next((a.name for a in scenario.arms if a.attack == "honest"), None)
-        self.jobs: dict[tuple[str, int], _Job] = {}
-
-    def runs(self, arm: str) -> list[_Job]:
-        return [self.jobs[(arm, s)] for s in self.seeds if (arm, s) in self.jobs]
-
-
-def load_in_process(scenario, dirs: list[Path]) -> _Results:
-    """The jobs that in-process runs wrote to ``dirs`` (``<arm>__s<seed>.jsonl``), finished ones only."""
-    res = _Results(scenario, dirs[0])
-    for d in dirs:
-        for f in sorted(Path(d).glob("*__s*.jsonl")):
-            arm, _, seed = f.stem.rpartition("__s")
-            records = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if len(records) == scenario.rounds:
-                res.jobs[(arm, int(seed))] = _job_from_records(arm, int(seed), records)
-    res.seeds = sorted({s for _, s in res.jobs})
-    return res
-
-
-def run_in_process(scenario, out: Path, log=print, after_seed=None) -> _Results:
-    """Every (arm, seed) of ``scenario`` in this process, with the server's own parts and no Flower.
-
-    Same data, partitions, seeds, client training (``train_local``), attacker round
-    (``run_attacker_round``), FedAvg of the float state, detectors (FLTrust's root set: the first
-    100 validation images, as the ServerApp) and scoring (``RoundScorer``, counterfactuals
-    included). Arms without a counterfactual (the baselines) are only watched by the detectors,
-    not scored. Jobs run seed by seed (every arm of a seed, then the next seed) and
-    ``after_seed(results)`` is called after each seed, so an interrupted run still has paired
-    arms. Each job's round records go to ``out/<arm>__s<seed>.jsonl``.
-    """
-    import copy
-
-    from fedattr.attacks import AttackContext, make_attack, run_attacker_round
-    from fedattr.attribution import AttributionTotals, RoundScorer
-    from fedattr.data import label_histogram
-    from fedattr.defenses import RoundUpdates, make_detector, root_update
-    from fedattr.evaluators import StateLayout
-    from fedattr.protocol import default_cache_dir
-    from fedattr.task import Job, job_spec
-    from fedattr.training import seed_everything, train_local
-
-    out.mkdir(parents=True, exist_ok=True)
-    res = _Results(scenario, out)
-    n = scenario.num_clients
-    attackers = set(scenario.attacker_ids)
-    for seed in scenario.seeds:
-        for arm in scenario.arms:
-            scored = arm.attack == "honest" or arm.counterfactual
-            t0 = time.perf_counter()
-            job = Job(job_spec(scenario, arm, seed, job_id=f"{scenario.name}/{arm.name}__s{seed}"))
-            splits = job.splits()
-            seed_everything(seed)
-            model = job.build_model()
-            template = job.build_model()
-            layout = StateLayout.from_module(model)
-            train = job.train_kwargs()
-            parts = {pid: job.partition(pid) for pid in range(n)}
-            hists = {pid: label_histogram(parts[pid][1], splits.num_classes) for pid in range(n)}
-            scorer = RoundScorer(
-                job.build_model(), splits.x_val, splits.y_val,
-                [(e.name, dict(e.params)) for e in scenario.attribution.evaluators],
-                utility=scenario.attribution.utility, val_subset=scenario.attribution.val_subset,
-                engine=scenario.attribution.engine, device="cpu", seed=seed, num_classes=splits.num_classes,
-                num_threads=scenario.attribution.num_threads,
-            ) if scored else None
-            detectors = [make_detector(d.name, **dict(d.params)) for d in scenario.detectors]
-            attacker_state: dict[str, Any] = {}
-            rec_job = _Job(arm.name, seed)
-            rec_job.totals = AttributionTotals() if scored else None
-            for r in range(1, scenario.rounds + 1):
-                w_t = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                states, weights, cfs, cfw = {}, {}, {}, {}
-                for pid in range(n):
-                    x, y = parts[pid]
-                    if pid in attackers:
-                        ctx = AttackContext(
-                            global_model=copy.deepcopy(model), x_local=x, y_local=y, x_aux=splits.x_aux,
-                            y_aux=splits.y_aux, num_classes=splits.num_classes, channels=splits.channels,
-                            side=splits.side, server_round=r, seed=job.client_seed(r, pid), run_seed=seed,
-                            device="cpu", train=train, cache_dir=default_cache_dir(), state=attacker_state,
-                            benign_histograms={p: h for p, h in hists.items() if p not in attackers},
-                        )
-                        o = run_attacker_round(make_attack(arm.attack, **dict(arm.params)), ctx,
-                                               start_round=arm.start_round, counterfactual=arm.counterfactual)
-                        states[pid], weights[pid] = o.state_dict, float(o.num_examples)
-                        if arm.counterfactual and arm.attack != "honest" and o.honest_state_dict is not None:
-                            cfs[pid], cfw[pid] = o.honest_state_dict, float(len(y))
-                    else:
-                        m = copy.deepcopy(model)
-                        train_local(m, x, y, seed=job.client_seed(r, pid), **train)
-                        states[pid] = {k: v.detach().cpu() for k, v in m.state_dict().items()}
-                        weights[pid] = float(len(y))
-                players = sorted(states)
-                base = layout.flatten(w_t)
-                updates = layout.flatten_many([states[p] for p in players]) - base
-                ref = None
-                if any(d.needs_reference_update for d in detectors):
-                    ref = root_update(template, layout, base, splits.x_val[:100], splits.y_val[:100],
-                                      epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-                                      seed=job.client_seed(r, -1))
-                batch = RoundUpdates(r, players, updates, np.array([weights[p] for p in players]), base, ref)
-                record: dict[str, Any] = {"round": r, "clients": players, "detectors": {}}
-                for det in detectors:
-                    d = det.observe(batch)
-                    record["detectors"][det.name] = {
-                        "flags": {str(p): bool(f) for p, f in zip(players, d.flags)},
-                        "scores": {str(p): float(v) for p, v in zip(players, d.scores)},
-                        "ranks": {str(p): int(v) for p, v in zip(players, d.ranks())}}
-                if scorer is not None:
-                    att = scorer.score(r, w_t, states, weights, counterfactuals=cfs, counterfactual_weights=cfw)
-                    rec_job.totals.update(att)
-                    record["values"] = {ev: {str(p): v for p, v in vals.items()} for ev, vals in att.values.items()}
-                    record["counterfactual_values"] = {ev: {str(p): v for p, v in vals.items()}
-                                                       for ev, vals in att.counterfactual_values.items()}
-                    record["utility_evaluations"] = dict(att.evaluations)
-                    record["timings"] = {"evaluators": dict(att.seconds)}
-                # FedAvg of the float state by example counts; integer buffers from the first reply.
-                p = torch.tensor([weights[q] for q in players], dtype=updates.dtype)
-                new = base + (p / p.sum()) @ updates
-                model.load_state_dict(layout.to_state_dict(new, states[players[0]]))
-                rec_job.rounds.append(record)
-            res.jobs[(arm.name, seed)] = rec_job
-            with open(out / f"{arm.name}__s{seed}.jsonl", "w", encoding="utf-8") as fh:
-                for rec in rec_job.rounds:
-                    fh.write(json.dumps(rec) + "\n")
-            log(f"{arm.name} seed {seed}: {time.perf_counter() - t0:.0f} s")
-        if after_seed is not None:
-            after_seed(res)
-    return res
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, nargs="+", metavar="DIR",
@@ -370,33 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="scenario override, as in `fedattr run --set`; repeatable")
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    ap.add_argument("--in-process", action="store_true",
-                    help="run the jobs in this process without Flower (the server's parts, same seeds)")
-    ap.add_argument("--arms", help="comma-separated arms to run in process (default: all)")
-    ap.add_argument("--tables-from", type=Path, nargs="+", metavar="DIR",
-                    help="print the table of the finished jobs that in-process runs wrote to DIR(s)")
     args = ap.parse_args(argv)
     results = args.results
     wall = None
-    from fedattr.scenario import load_scenario
-
-    if args.tables_from:
-        res = load_in_process(load_scenario(args.scenario, args.overrides), args.tables_from)
-    elif args.in_process:
-        scenario = load_scenario(args.scenario, args.overrides)
-        if args.arms:
-            keep = args.arms.split(",")
-            scenario.arms = [a for a in scenario.arms if a.name in keep]
-        t0 = time.perf_counter()
-        out_dir = args.out or Path("results") / "defenses_claim_inprocess"
-
-        def partial(r) -> None:  # the table so far, after every seed
-            (out_dir / "table.md").write_text(render(r) + "\n", encoding="utf-8")
-
-        res = run_in_process(scenario, out_dir,
-                             log=lambda m: print(m, file=sys.stderr, flush=True), after_seed=partial)
-        wall = time.perf_counter() - t0
-    elif results is None:
+    if results is None:
         results = [args.out or Path("results") / "defenses_claim"]
         cmd = [sys.executable, "-m", "fedattr.cli", "run", str(args.scenario), "--out", str(results[0]), "--no-report"]
         for o in args.overrides:
@@ -406,14 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         if rc not in (0, 1):  # 1: some job failed; the others still make a table
             return rc
-    if not (args.in_process or args.tables_from):
-        from fedattr.errors import UserError
+    from fedattr.errors import UserError
 
-        try:
-            res = merge_results([load_results(r) for r in results])
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        res = merge_results([load_results(r) for r in results])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         out = as_json(res)
         out["wall_s"] = wall

@@ -37,9 +37,10 @@ def test_every_shipped_scenario_loads_and_round_trips(path):
     assert sc.name == path.stem
     assert scenario_from_dict(tomllib.loads(sc.to_toml())) == sc
     # Studies compare against an honest arm, except: claim.toml (its honest arm runs in
-    # claim_controls.toml on the same seeds), regime.toml (same-round counterfactual inflation only)
-    # and scale100.toml (cost only).
-    if path.stem not in ("claim", "regime", "scale100"):
+    # claim_controls.toml on the same seeds), defenses_baselines.toml (read with claim and
+    # claim_controls, whose honest arm it shares), regime.toml (same-round counterfactual
+    # inflation only) and scale100.toml (cost only).
+    if path.stem not in ("claim", "defenses_baselines", "regime", "scale100"):
         assert sc.honest_arm() is not None
 
 
