@@ -43,6 +43,11 @@ SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "defenses_clai
 PLAIN = "shapley"
 
 
+def _finished(res, arm: str) -> list:
+    """The arm's finished jobs: a job still running is not a seed yet."""
+    return [j for j in res.runs(arm) if j.finished]
+
+
 def _flag_rate(job, detector: str, pids: list[str]) -> float:
     """Share of (client, round) pairs of ``pids`` that ``detector`` flagged in one job."""
     hits = total = 0
@@ -78,12 +83,12 @@ def detector_table(res) -> dict[str, dict[str, Any]]:
     for det in _detectors(res):
         row = {}
         for col, arm in columns.items():
-            row[col] = mean_ci([_flag_rate(j, det, attackers) for j in res.runs(arm)] if arm else [])
+            row[col] = mean_ci([_flag_rate(j, det, attackers) for j in _finished(res, arm)] if arm else [])
         if res.honest_arm:
             # The attacker's partition behaving honestly: how often its data alone gets it flagged.
-            row["attacker id, honest arm"] = mean_ci([_flag_rate(j, det, attackers) for j in res.runs(res.honest_arm)])
+            row["attacker id, honest arm"] = mean_ci([_flag_rate(j, det, attackers) for j in _finished(res, res.honest_arm)])
             row["benign (honest arm)"] = mean_ci(
-                [_flag_rate(j, det, [p for p in _clients(j)]) for j in res.runs(res.honest_arm)])
+                [_flag_rate(j, det, [p for p in _clients(j)]) for j in _finished(res, res.honest_arm)])
         out[det] = row
     return out
 
@@ -117,8 +122,8 @@ def mitigation_table(res) -> dict[str, dict[str, Any]]:
     """
     arm = _arm_of(res, "latent")
     att = res.attacker_ids[0] if res.attacker_ids else None
-    attack_runs = res.runs(arm) if arm and att is not None else []
-    honest_runs = res.runs(res.honest_arm) if res.honest_arm else []
+    attack_runs = _finished(res, arm) if arm and att is not None else []
+    honest_runs = _finished(res, res.honest_arm) if res.honest_arm else []
     plain_infl = {j.seed: j.counterfactual_inflation(PLAIN).get(att, math.nan) for j in attack_runs}
     out = {}
     for ev in res.evaluators:
@@ -158,7 +163,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def render(res) -> str:
     det = detector_table(res)
     cols = list(next(iter(det.values())).keys()) if det else []
-    n_seeds = {arm: len(res.runs(arm)) for arm in res.arms}
+    n_seeds = {arm: len(_finished(res, arm)) for arm in res.arms}
     md = [f"Results: {res.path} (jobs per arm: {', '.join(f'{a} {n}' for a, n in n_seeds.items())})", "",
           "Detector flag rates (share of rounds the attacker is flagged; benign: share of client-rounds "
           "flagged in the honest arm), mean ± 95% CI over seeds:", ""]
