@@ -107,8 +107,7 @@ def _cost(job, ev: str) -> tuple[float, float]:
     evals, secs = [], []
     for rec in job.rounds:
         timings = rec.get("timings") or {}
-        # Flower runs record ``evaluators_s``; the in-process stand-in ``evaluators``.
-        per_ev = timings.get("evaluators_s") or timings.get("evaluators") or {}
+        per_ev = timings.get("evaluators_s") or {}
         evals.append(float((rec.get("utility_evaluations") or {}).get(ev, math.nan)))
         secs.append(float(per_ev.get(ev, math.nan)))
     return _nanmean(evals), _nanmean(secs)
