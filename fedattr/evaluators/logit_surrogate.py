@@ -31,7 +31,6 @@ the logits are affine in the parameters (e.g. a linear model) every anchoring eq
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from typing import Sequence
@@ -41,9 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import Evaluator, register
-from .exact import semivalue_from_table, shapley_weights
 from .game import Game, RoundGame, masks_to_matrix
-from .surrogate import fedavg_coefficients
+from .surrogate import fedavg_coefficients, surrogate_shapley_values
 
 __all__ = ["LOGIT_ANCHORS", "LogitSurrogateGame", "LogitSurrogateShapley", "logit_surrogate_for"]
 
@@ -380,21 +378,10 @@ class LogitSurrogateGame(Game):
     def shapley(self, max_exact_players: int = MAX_EXACT_LOGIT_PLAYERS, n_permutations: int = 1000,
                 seed: int | np.random.Generator | None = 0, batch: int = 200) -> tuple[np.ndarray, bool]:
         """Shapley values: exact by enumeration for ``n <= max_exact_players``, otherwise the
-        mean marginals of ``n_permutations`` permutations in antithetic pairs. Returns
-        ``(values, exact)``."""
-        if self.n == 0:
-            return np.zeros(0), True
-        if self.n <= max_exact_players:
-            return semivalue_from_table(self.table(), shapley_weights(self.n)), True
-        rng = np.random.default_rng(seed)
-        total, done = np.zeros(self.n), 0
-        half = max(1, int(math.ceil(n_permutations / 2)))
-        while done < half:
-            k = min(max(1, batch // 2), half - done)
-            p = np.stack([rng.permutation(self.n) for _ in range(k)])
-            total += self.permutation_marginals(np.concatenate([p, p[:, ::-1]]), use_table=False).sum(0)
-            done += k
-        return total / (2 * done), False
+        mean marginals of ``n_permutations`` permutations in antithetic pairs (walked
+        incrementally). Returns ``(values, exact)``."""
+        return surrogate_shapley_values(self, lambda p: self.permutation_marginals(p, use_table=False),
+                                        max_exact_players, n_permutations, seed, batch)
 
 
 # ------------------------------------------------------------------------------ sharing

@@ -306,19 +306,29 @@ class SurrogateGame(Game):
         """Shapley values: exact by enumeration for ``n <= max_exact_players``, otherwise the
         mean marginals of ``n_permutations`` permutations in antithetic pairs. Returns
         ``(values, exact)``."""
-        if self.n == 0:
-            return np.zeros(0), True
-        if self.n <= max_exact_players:
-            return semivalue_from_table(self.table(), shapley_weights(self.n)), True
-        rng = np.random.default_rng(seed)
-        total, done = np.zeros(self.n), 0
-        half = max(1, int(math.ceil(n_permutations / 2)))
-        while done < half:
-            k = min(batch // 2 or 1, half - done)
-            p = np.stack([rng.permutation(self.n) for _ in range(k)])
-            total += self.permutation_marginals(np.concatenate([p, p[:, ::-1]])).sum(0)
-            done += k
-        return total / (2 * done), False
+        return surrogate_shapley_values(self, self.permutation_marginals, max_exact_players, n_permutations,
+                                        seed, batch)
+
+
+def surrogate_shapley_values(game: Game, marginals, max_exact_players: int, n_permutations: int,
+                             seed: int | np.random.Generator | None, batch: int) -> tuple[np.ndarray, bool]:
+    """Shapley values of a surrogate game with a cheap ``table()``: exact by enumeration for
+    ``n <= max_exact_players``, otherwise the mean of ``marginals(perms)`` over ``n_permutations``
+    permutations in antithetic pairs. Returns ``(values, exact)``."""
+    n = game.n
+    if n == 0:
+        return np.zeros(0), True
+    if n <= max_exact_players:
+        return semivalue_from_table(game.table(), shapley_weights(n)), True
+    rng = np.random.default_rng(seed)
+    total, done = np.zeros(n), 0
+    half = max(1, int(math.ceil(n_permutations / 2)))
+    while done < half:
+        k = min(max(1, batch // 2), half - done)
+        p = np.stack([rng.permutation(n) for _ in range(k)])
+        total += marginals(np.concatenate([p, p[:, ::-1]])).sum(0)
+        done += k
+    return total / (2 * done), False
 
 
 # ------------------------------------------------------------------------------ sharing
