@@ -32,6 +32,9 @@ class RoundAttribution:
     #: ``[evaluator][attacker] -> {player: value}``: every player's value in the counterfactual
     #: game (the attacker's honest update in place of its sent one), for same-round rank changes.
     counterfactual_vectors: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)
+    #: The coalition engine's work this round: ``engine`` (the strategy used), ``models``
+    #: (parameter sets evaluated) and ``seconds`` (time inside the utility).
+    utility: dict[str, Any] = field(default_factory=dict)
 
 
 class RoundScorer:
@@ -50,7 +53,8 @@ class RoundScorer:
     val_subset : int or None
         Evaluate the utility on a fixed random subset of this many validation images.
     engine : str
-        ``auto``, ``batched`` or ``naive`` coalition evaluation.
+        Coalition evaluation engine (``fedattr.evaluators.ENGINES``; ``auto`` picks the fastest
+        that applies).
     device : str
         Where coalition models are evaluated.
     num_threads : int or None
@@ -96,6 +100,7 @@ class RoundScorer:
         seconds: dict[str, float] = {}
         extra: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()
+        models0, utility_s0 = self.utility.n_models_, self.utility.seconds_
         for name, params in self.evaluators:
             ev = make_evaluator(name, **params).fit(game, seed=self.seed * 7919 + server_round)
             values[name] = {int(p): float(v) for p, v in zip(game.players, ev.values_)}
@@ -130,7 +135,9 @@ class RoundScorer:
                 cf_vectors[name][int(pid)] = {int(p): float(v) for p, v in zip(cf_game.players, ev.values_)}
             evaluations[f"counterfactual_{pid}_unique"] = int(cf_game.cache.n_evaluations)
         seconds["total"] = time.perf_counter() - t0
-        return RoundAttribution(values, cf_values, evaluations, seconds, extra, cf_vectors)
+        utility = {"engine": self.utility.strategy_, "models": int(self.utility.n_models_ - models0),
+                   "seconds": float(self.utility.seconds_ - utility_s0)}
+        return RoundAttribution(values, cf_values, evaluations, seconds, extra, cf_vectors, utility)
 
 
 def _scalar(v: Any) -> Any:

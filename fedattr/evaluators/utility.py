@@ -13,11 +13,12 @@ from torch import nn
 from torch.func import functional_call
 
 from .layout import StateLayout
+from .stacked import StackedNet, stacking_plan
 
 __all__ = ["METRICS", "ENGINES", "ModelUtility"]
 
 METRICS = ("accuracy", "neg_ce", "balanced_accuracy")
-ENGINES = ("auto", "batched", "loop", "vmap", "naive")
+ENGINES = ("auto", "batched", "stacked", "loop", "vmap", "naive")
 
 
 def _channels_last_hook(module, inputs, output):
@@ -52,17 +53,27 @@ class ModelUtility:
         Evaluate on a fixed random subset of this many validation examples.
     subset_seed : int
         Seed of that subset.
-    engine : {"auto", "batched", "loop", "vmap", "naive"}
+    engine : {"auto", "batched", "stacked", "loop", "vmap", "naive"}
         ``naive``: per parameter set, ``load_state_dict`` into a model copy and one forward over
         the whole validation set (the reference). ``loop``: ``torch.func.functional_call`` on
         views of the flat vector, no state-dict copies, validation data in batches of
         ``batch_size``. ``vmap``: ``functional_call`` vectorised with ``torch.func.vmap`` over
-        chunks of parameter sets. ``auto``/``batched``: ``vmap`` on CUDA, ``loop`` elsewhere
-        (on CPU ``vmap`` over stacked models is slower than a loop).
+        chunks of parameter sets. ``stacked``: up to ``stack_size`` parameter sets run as one
+        wider network (:class:`StackedNet`: one matrix product for the first layer, grouped
+        convolutions, batched matrix products), for networks that are a plain sequence of
+        layers. ``auto``/``batched``: ``vmap`` on CUDA; on CPU ``stacked`` when the network can
+        be stacked (and the stacked forward matches its own on a probe), ``loop`` otherwise
+        (``stack_reason_`` says why).
     device : str or torch.device
         Where models run; validation data is moved there once.
-    batch_size : int
-        Validation examples per forward pass in the ``loop`` and ``vmap`` engines.
+    batch_size : int, optional
+        Validation examples per forward pass in the ``loop``, ``vmap`` and ``stacked`` engines;
+        default 250, and 25 for ``stacked`` (K models x 25 images keep its activations in cache).
+    stack_size : int
+        Parameter sets per stacked forward (``stacked`` engine), also bounded by
+        ``max_memory_bytes``.
+    sub_batch : int
+        Images per tile of the stacked engine's first layer.
     max_memory_bytes : int
         Bound on the memory of one chunk of parameter sets (and, for ``vmap``, their
         activations); longer batches of parameter sets are processed chunk by chunk.
@@ -102,8 +113,10 @@ class ModelUtility:
         subset_seed: int = 0,
         engine: str = "auto",
         device: str | torch.device = "cpu",
-        batch_size: int = 250,
+        batch_size: int | None = None,
         max_memory_bytes: int = 1 << 30,
+        stack_size: int = 64,
+        sub_batch: int = 5,
         channels_last: bool | str = "auto",
         num_threads: int | None = None,
     ):
@@ -111,15 +124,19 @@ class ModelUtility:
             raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if stack_size < 1 or sub_batch < 1:
+            raise ValueError("stack_size and sub_batch must be >= 1")
         self.metric = metric
         self.num_classes = num_classes
         self.val_subset = val_subset
         self.subset_seed = subset_seed
         self.engine = engine
         self.device = torch.device(device)
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
+        self.stack_size = int(stack_size)
+        self.sub_batch = int(sub_batch)
         self.max_memory_bytes = int(max_memory_bytes)
         self.channels_last = channels_last
         self.num_threads = num_threads
@@ -130,9 +147,11 @@ class ModelUtility:
         self._naive_model: nn.Module | None = None
 
         if engine in ("auto", "batched"):
-            self.strategy_ = "vmap" if self.device.type == "cuda" else "loop"
+            self.strategy_ = "vmap" if self.device.type == "cuda" else "stacked"
         else:
             self.strategy_ = engine
+        self.stack_reason_ = ""
+        self._stacked_net: StackedNet | None = None
 
         self._setup_data(x_val, y_val)
         self._input_dtype = next(
@@ -141,6 +160,9 @@ class ModelUtility:
         self._x = self._x.to(self._input_dtype) if torch.is_floating_point(self._x) else self._x
 
         act_bytes = self._probe()
+        if self.strategy_ == "stacked":
+            self._setup_stacked(required=engine == "stacked")
+        self._batch = int(batch_size if batch_size is not None else (25 if self.strategy_ == "stacked" else 250))
         use_cl = (channels_last is True) or (
             channels_last == "auto"
             and self.device.type == "cpu"
@@ -158,8 +180,14 @@ class ModelUtility:
         if self.strategy_ == "vmap":
             # Activations of every model in the chunk are alive together; 2x covers the
             # temporaries of the widest layer.
-            per_model += 2 * act_bytes * min(self.batch_size, self.n_val_)
+            per_model += 2 * act_bytes * min(self._batch, self.n_val_)
+        elif self.strategy_ == "stacked":
+            # The chunk's flat vectors, their stacked-layout copy and the activations of its models
+            # on one validation batch.
+            per_model = 2 * per_model + 2 * act_bytes * min(self._batch, self.n_val_)
         self.max_coalitions_per_call_ = max(1, self.max_memory_bytes // per_model)
+        if self.strategy_ == "stacked":
+            self.max_coalitions_per_call_ = min(self.max_coalitions_per_call_, self.stack_size)
 
         self.n_calls_ = 0
         self.n_models_ = 0
@@ -212,6 +240,34 @@ class ModelUtility:
         self._onehot = F.one_hot(self._y, inferred).to(torch.float32)
         return max(1, sum(sizes) // k)
 
+    def _setup_stacked(self, required: bool) -> None:
+        """Use the stacked engine if the network can be stacked and, on a probe of two parameter
+        sets, gives the network's own logits; otherwise fall back to ``loop`` (or, when the
+        engine was asked for by name, raise)."""
+        steps, reason = stacking_plan(self._model)
+        if steps is not None:
+            net = StackedNet(self._model, sub_batch=self.sub_batch)
+            flat = self.layout.flatten(self._template_state).to(self.device)
+            gen = torch.Generator().manual_seed(0)
+            noise = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(self.device)
+            flats = torch.stack([flat, flat + 0.01 * noise * flat.abs().mean()])
+            names = [e.name for e in self.layout.entries if e.name.endswith("running_var")]
+            for e in (self.layout[n] for n in names):  # keep perturbed variances valid
+                flats[1, e.offset:e.offset + e.numel] = flats[0, e.offset:e.offset + e.numel]
+            x = self._x[: min(4, self.n_val_)]
+            with torch.no_grad():
+                got = net.forward(net.prepare(self.layout.unflatten_batch(flats)), x)
+                ref = torch.stack([functional_call(self._model, self.layout.unflatten(f), (x,)) for f in flats])
+            tol = 1e-4 * max(1.0, float(ref.abs().max()))
+            if got.shape == ref.shape and float((got - ref).abs().max()) <= tol:
+                self._stacked_net = net
+                return
+            reason = "its stacked forward differs from its own forward (not a plain sequence of layers)"
+        if required:
+            raise ValueError(f"engine='stacked' cannot evaluate {type(self._model).__name__}: {reason}")
+        self.stack_reason_ = reason
+        self.strategy_ = "loop"
+
     # evaluation --------------------------------------------------------------------------------
     def __call__(self, params: torch.Tensor) -> np.ndarray:
         """Utilities of a ``[K, P]`` batch (or one ``[P]`` vector) of parameter sets, as float64 ``[K]``."""
@@ -250,6 +306,8 @@ class ModelUtility:
                         stats = self._naive(chunk, metrics)
                     elif self.strategy_ == "vmap":
                         stats = self._vmap(chunk, metrics)
+                    elif self.strategy_ == "stacked":
+                        stats = self._stacked(chunk, metrics)
                     else:
                         stats = self._loop(chunk, metrics)
                     for m, v in self._finish(stats, metrics).items():
@@ -268,9 +326,10 @@ class ModelUtility:
         """Utility of one model given as a state dict."""
         return float(self(self.layout.flatten(state_dict))[0])
 
-    def _batches(self):
-        for s in range(0, self.n_val_, self.batch_size):
-            e = s + self.batch_size
+    def _batches(self, size: int | None = None):
+        size = size or self._batch
+        for s in range(0, self.n_val_, size):
+            e = s + size
             yield self._x[s:e], self._y[s:e], self._onehot[s:e]
 
     def _stats(self, logits: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor,
@@ -335,6 +394,14 @@ class ModelUtility:
             acc = self._add(acc, self._stats(batched(params, xb), yb, ob, metrics))
         return acc
 
+    def _stacked(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        net = self._stacked_net
+        prepared = net.prepare(self.layout.unflatten_batch(flats))
+        acc = None
+        for i, (xb, yb, ob) in enumerate(self._batches()):
+            acc = self._add(acc, self._stats(net.forward(prepared, xb, key=i), yb, ob, metrics))
+        return acc
+
     def _naive(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
         if self._naive_model is None:
             self._naive_model = copy.deepcopy(self._model)
@@ -363,8 +430,9 @@ class ModelUtility:
         """Logits ``[K, n_val_, num_classes_]`` of a ``[K, P]`` batch (or one ``[P]`` vector) of
         parameter sets on the validation examples used, on ``device``.
 
-        One eval-mode forward per parameter set (``functional_call`` on the evaluation copy, in
-        batches of ``batch_size``, whatever the engine); not counted in ``n_calls_``,
+        Eval-mode forwards through the stacked engine when it is in use (chunks of
+        ``max_coalitions_per_call_``), otherwise one ``functional_call`` on the evaluation copy per
+        parameter set; validation data in batches of ``batch_size``. Not counted in ``n_calls_``,
         ``n_models_`` or ``seconds_``.
         """
         params = torch.as_tensor(params)
@@ -378,8 +446,16 @@ class ModelUtility:
             torch.set_num_threads(int(self.num_threads))
         try:
             with torch.no_grad():
-                rows = [torch.cat([functional_call(self._model, self.layout.unflatten(flat), (xb,))
-                                   for xb, _, _ in self._batches()]) for flat in params]
+                if self._stacked_net is not None:
+                    net, step = self._stacked_net, self.max_coalitions_per_call_
+                    rows = []
+                    for start in range(0, params.shape[0], step):
+                        prepared = net.prepare(self.layout.unflatten_batch(params[start:start + step]))
+                        rows.extend(torch.cat([net.forward(prepared, xb, key=i)
+                                               for i, (xb, _, _) in enumerate(self._batches())], 1))
+                else:
+                    rows = [torch.cat([functional_call(self._model, self.layout.unflatten(flat), (xb,))
+                                       for xb, _, _ in self._batches()]) for flat in params]
         finally:
             if self.num_threads is not None:
                 torch.set_num_threads(threads)

@@ -166,7 +166,8 @@ class AttributedStrategy(Strategy):
             "evaluator_info": {k: v for k, v in scored.extra.items() if v},
             "utility_evaluations": scored.evaluations,
             "timings": {"train_s": t_train, "aggregate_s": t_agg, "detect_s": self.detectors.seconds,
-                        "attribution_s": scored.seconds.pop("total"), "evaluators_s": scored.seconds},
+                        "attribution_s": scored.seconds.pop("total"), "evaluators_s": scored.seconds,
+                        "utility": scored.utility},
         })
         self._pending = record
         log(INFO, "Round %s attribution: %s", server_round,
