@@ -56,6 +56,9 @@ CASES = {
     "small_cnn": (lambda: SmallCNN(), (1, 28, 28), 10),
     "vgg11": (lambda: VGG11(width=0.125), (3, 32, 32), 10),
     "strided": (lambda: StridedNet(), (3, 9, 11), 5),
+    # odd first-layer output (10 x 9): the fused pool drops the last row and column, as torch does
+    "odd_pool": (lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 3, 2),
+                                       nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 3, 4)), (1, 12, 11), 4),
     "mlp": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(),
                                   nn.Linear(16, 3)), (3, 4), 3),
 }
@@ -129,3 +132,13 @@ def test_round_game_on_the_stacked_engine_matches_the_loop_engine():
         util = ModelUtility(model, x, y, metric="neg_ce", engine=engine, stack_size=6)
         values[engine] = RoundGame(util, base, updates, weights=[1, 2, 3, 4]).values(range(16))
     np.testing.assert_allclose(values["stacked"], values["loop"], rtol=0, atol=1e-5)
+
+
+def test_auto_leaves_large_networks_to_the_loop():
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    util = ModelUtility(VGG11(width=0.25), x, y)  # ~20 MFLOP per example
+    assert util.strategy_ == "stacked"
+    util = ModelUtility(VGG11(width=0.25), x, y, stack_max_flops=1e6)
+    assert util.strategy_ == "loop" and "MFLOP per example" in util.stack_reason_
+    assert ModelUtility(VGG11(width=0.25), x, y, engine="stacked", stack_max_flops=1e6).strategy_ == "stacked"

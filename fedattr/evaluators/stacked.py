@@ -4,20 +4,21 @@ K coalition models of a round differ only in their weights, and all of them scor
 validation images. Evaluating them one by one runs K small networks; stacking them runs one
 network K times wider, which keeps the matrix units busy:
 
-- the first layer sees the shared input, so K convolutions become one matrix product of the
-  input's patches (unfolded once per validation batch and kept) by the K models' filters side by
-  side: ``[B*L, C*kh*kw + 1] @ [C*kh*kw + 1, K*O]``, the bias riding as a column of ones;
-- every later convolution is one grouped convolution (``groups = K``) on a channels-last tensor
-  ``[B, H, W, K*C]``; BatchNorm (eval) is one per-channel scale and shift over the K*C channels;
+- the first layer sees the shared input, so K convolutions become one matrix product of the K
+  models' filters side by side by the input's patches (unfolded once per validation batch and
+  kept): ``[K*O, C*kh*kw + 1] @ [C*kh*kw + 1, L]`` per image, the bias riding as a row of ones;
+- every later convolution is one grouped convolution (``groups = K``) on ``[B, K*C, H, W]``
+  (oneDNN's grouped convolution is faster on this layout than on channels-last); BatchNorm
+  (eval) is one per-channel scale and shift over the K*C channels;
 - after ``Flatten`` the activations are ``[K, B, F]`` and a linear layer is one batched matrix
   product (``baddbmm``).
 
 The first layer's output is the largest tensor of the network (K times the input's positions
 times its channels); it is produced and reduced by the layers that follow it (ReLU, pooling)
 tile by tile of ``sub_batch`` images, into buffers allocated once, so it stays in cache.
-2x2 max-pooling is an elementwise maximum of four strided views (PyTorch's CPU max-pool on
-channels-last tensors is several times slower); max-pooling commutes with ReLU, so pooling
-runs first on the larger tensor.
+2x2 max-pooling is an elementwise maximum of four strided views (several times faster than
+PyTorch's CPU max-pool here); max-pooling commutes with ReLU, so pooling runs first on the
+larger tensor.
 
 Only networks whose ``forward`` applies their leaf modules one after another, in registration
 order, can be stacked (``nn.Sequential`` trees such as the model zoo's small CNN and VGG-11);
@@ -53,7 +54,7 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def stacking_plan(model: nn.Module) -> tuple[list[_Step] | None, str]:
     """The stacked steps of ``model`` and ``""``, or ``None`` and the reason it cannot be stacked."""
     steps: list[_Step] = []
-    state = "shared"  # shared input -> "chan" (channels-last [B, H, W, K*C]) -> "feat" ([K, B, F])
+    state = "shared"  # shared input -> "chan" ([B, K*C, H, W]) -> "feat" ([K, B, F])
     for name, m in _leaves(model):
         has_state = any(True for _ in m.parameters(recurse=False)) or any(
             torch.is_floating_point(b) for b in m.buffers(recurse=False))
@@ -113,10 +114,10 @@ def _is_pool2x2(m: nn.Module) -> bool:
 
 
 def _pool2x2(h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """2x2 max-pool, stride 2, of a contiguous ``[B, H, W, C]`` tensor (odd edges dropped, as torch)."""
-    hh, ww = h.shape[1] // 2 * 2, h.shape[2] // 2 * 2
-    a = torch.maximum(h[:, 0:hh:2, 0:ww:2], h[:, 0:hh:2, 1:ww:2])
-    b = torch.maximum(h[:, 1:hh:2, 0:ww:2], h[:, 1:hh:2, 1:ww:2])
+    """2x2 max-pool, stride 2, of a ``[B, C, H, W]`` tensor (odd edges dropped, as torch)."""
+    hh, ww = h.shape[2] // 2 * 2, h.shape[3] // 2 * 2
+    a = torch.maximum(h[:, :, 0:hh:2, 0:ww:2], h[:, :, 0:hh:2, 1:ww:2])
+    b = torch.maximum(h[:, :, 1:hh:2, 0:ww:2], h[:, :, 1:hh:2, 1:ww:2])
     if out is None:
         return torch.maximum(a, b, out=a)
     return torch.maximum(a, b, out=out)
@@ -139,7 +140,7 @@ class StackedNet:
     batch.
     """
 
-    def __init__(self, model: nn.Module, sub_batch: int = 5, cache_inputs_bytes: int = 256 << 20):
+    def __init__(self, model: nn.Module, sub_batch: int = 2, cache_inputs_bytes: int = 256 << 20):
         steps, reason = stacking_plan(model)
         if steps is None:
             raise ValueError(f"cannot stack {type(model).__name__}: {reason}")
@@ -153,6 +154,18 @@ class StackedNet:
         while end < len(steps) and steps[end].kind in ("relu", "pool", "skip"):
             end += 1
         self._first, self._head_end = first, end
+        # A 2x2 max-pool right after the first convolution (ReLUs between commute with it) is
+        # fused into the matrix product: the patches are ordered window corner by window corner,
+        # so the pool is a maximum of four contiguous blocks (strided pooling was a fifth of the
+        # time). Positions the pool drops (odd edges) are not computed at all.
+        self._fused_pool = None
+        if steps[first].kind == "conv_first":
+            for i in range(first + 1, end):
+                if steps[i].kind == "pool" and _is_pool2x2(steps[i].module):
+                    self._fused_pool = i
+                    break
+                if steps[i].kind not in ("relu", "skip"):
+                    break
         self._patches: dict[tuple[int, int], torch.Tensor] = {}
         self._patch_bytes = 0
         self._buffers: dict[tuple, torch.Tensor] = {}
@@ -168,16 +181,16 @@ class StackedNet:
             if s.kind == "conv_first":
                 w, b = p("weight"), p("bias")
                 o = w.shape[1]
-                cols = w.reshape(k * o, -1).t()
-                bias = b.reshape(1, k * o) if b is not None else cols.new_zeros(1, k * o)
-                prepared.append(torch.cat([cols, bias.to(cols.dtype)]).contiguous())
+                rows = w.reshape(k * o, -1)
+                bias = b.reshape(k * o, 1) if b is not None else rows.new_zeros(k * o, 1)
+                prepared.append(torch.cat([rows, bias.to(rows.dtype)], 1).contiguous())
             elif s.kind == "linear_first":
                 w, b = p("weight"), p("bias")
                 prepared.append((w.reshape(k * w.shape[1], w.shape[2]).t().contiguous(),
                                  None if b is None else b.reshape(k * b.shape[1]).contiguous()))
             elif s.kind == "conv":
                 w, b = p("weight"), p("bias")
-                w = w.reshape(k * w.shape[1], *w.shape[2:]).contiguous(memory_format=torch.channels_last)
+                w = w.reshape(k * w.shape[1], *w.shape[2:]).contiguous()
                 prepared.append((w, None if b is None else b.reshape(-1).contiguous()))
             elif s.kind == "linear":
                 w, b = p("weight"), p("bias")
@@ -192,7 +205,7 @@ class StackedNet:
                 if bias is not None:
                     shift = shift + bias
                 if isinstance(m, nn.BatchNorm2d):
-                    prepared.append((scale.reshape(-1).contiguous(), shift.reshape(-1).contiguous()))
+                    prepared.append((scale.reshape(1, -1, 1, 1).contiguous(), shift.reshape(1, -1, 1, 1).contiguous()))
                 else:
                     prepared.append((scale[:, None, :], shift[:, None, :]))
             else:
@@ -216,12 +229,12 @@ class StackedNet:
     def _num_models(self, prepared: list) -> int:
         s, w = self.steps[self._first], prepared[self._first]
         if s.kind == "conv_first":
-            return w.shape[1] // s.module.out_channels
+            return w.shape[0] // s.module.out_channels
         return w[0].shape[1] // s.module.out_features
 
     def _inputs(self, x: torch.Tensor, key) -> tuple[torch.Tensor, tuple[int, ...]]:
         """The shared input after the prefix steps and, for a first convolution, as patches
-        ``[B, L, C*kh*kw + 1]`` with the output's height and width."""
+        ``[B, C*kh*kw + 1, L]`` with the output's height and width."""
         if key is not None and key in self._patches:
             return self._patches[key]
         for s in self.steps[:self._first]:
@@ -233,8 +246,14 @@ class StackedNet:
                 (x.shape[2 + d] + 2 * m.padding[d] - m.dilation[d] * (m.kernel_size[d] - 1) - 1) // m.stride[d] + 1
                 for d in range(2))
             cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [B, C*kh*kw, L]
+            if self._fused_pool is not None:
+                ho, wo = side[0] // 2, side[1] // 2
+                rows = torch.arange(ho)[:, None] * 2 * side[1] + torch.arange(wo)[None, :] * 2
+                order = torch.cat([(rows + dy * side[1] + dx).reshape(-1) for dy in (0, 1) for dx in (0, 1)])
+                cols = cols[:, :, order.to(cols.device)]
+                side = (ho, wo)
             ones = cols.new_ones(cols.shape[0], 1, cols.shape[2])
-            x = torch.cat([cols, ones], 1).transpose(1, 2).contiguous()     # [B, L, C*kh*kw + 1]
+            x = torch.cat([cols, ones], 1)                                   # [B, C*kh*kw + 1, L]
         nbytes = x.numel() * x.element_size()
         if key is not None and self._patch_bytes + nbytes <= self.cache_inputs_bytes:
             self._patches[key] = (x, side)
@@ -267,16 +286,25 @@ class StackedNet:
         for start in range(0, b, sub):
             part = x[start:start + sub]
             n = part.shape[0]
-            buf = self._buffer("first", (sub * part.shape[1], w.shape[1]), w)[: n * part.shape[1]]
-            h = torch.mm(part.reshape(-1, part.shape[2]), w, out=buf).view(n, *side, w.shape[1])
-            for s in self.steps[self._first + 1:self._head_end]:
-                h, _ = self._step(s, None, h, "chan", k, tile=True)
+            buf = self._buffer("first", (sub, w.shape[0], part.shape[2]), w)[:n]
+            h = torch.matmul(w, part, out=buf)
+            if self._fused_pool is not None:
+                q = part.shape[2] // 4
+                corners = h.view(n, w.shape[0], 4, q)
+                pooled = self._buffer("pooled", (sub, w.shape[0], q), w)[:n]
+                torch.maximum(corners[:, :, 0], corners[:, :, 1], out=pooled)
+                torch.maximum(pooled, corners[:, :, 2], out=pooled)
+                h = torch.maximum(pooled, corners[:, :, 3], out=pooled)
+            h = h.view(n, w.shape[0], *side)
+            for i in range(self._first + 1, self._head_end):
+                if i != self._fused_pool:
+                    h, _ = self._step(self.steps[i], None, h, "chan", k)
             if out is None:
                 out = self._buffer("head", (b, *h.shape[1:]), h)
             out[start:start + n].copy_(h)
         return out
 
-    def _step(self, s: _Step, w, h: torch.Tensor, state: str, k: int, tile: bool = False):
+    def _step(self, s: _Step, w, h: torch.Tensor, state: str, k: int):
         m = s.module
         if s.kind == "relu":
             return h.relu_(), state
@@ -286,22 +314,17 @@ class StackedNet:
             if _is_pool2x2(m):
                 return _pool2x2(h), state
             if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-                return h.mean((1, 2), keepdim=True), state
-            out = m(h.permute(0, 3, 1, 2))
-            return out.permute(0, 2, 3, 1).contiguous(), state
+                return h.mean((2, 3), keepdim=True), state
+            return m(h), state
         if s.kind == "conv":
             weight, bias = w
-            out = F.conv2d(h.permute(0, 3, 1, 2), weight, bias, m.stride, m.padding, m.dilation,
-                           groups=k * m.groups)
-            return out.permute(0, 2, 3, 1).contiguous(), state
+            out = F.conv2d(h, weight, bias, m.stride, m.padding, m.dilation, groups=k * m.groups)
+            return out, state
         if s.kind == "bn":
             scale, shift = w
             return torch.addcmul(shift, h, scale), state
         if s.kind == "flatten":
-            b, hh, ww, kc = h.shape
-            # Per model, flatten in (C, H, W) order as torch does on NCHW.
-            out = h.reshape(b, hh * ww, k, kc // k).permute(2, 0, 3, 1).reshape(k, b, -1)
-            return out, "feat"
+            return h.reshape(h.shape[0], k, -1).transpose(0, 1), "feat"
         if s.kind == "linear":
             weight, bias = w
             if bias is None:

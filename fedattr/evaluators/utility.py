@@ -68,12 +68,17 @@ class ModelUtility:
         Where models run; validation data is moved there once.
     batch_size : int, optional
         Validation examples per forward pass in the ``loop``, ``vmap`` and ``stacked`` engines;
-        default 250, and 25 for ``stacked`` (K models x 25 images keep its activations in cache).
+        default 250, and 50 for ``stacked`` (K models x 50 images keep its activations in cache).
     stack_size : int
         Parameter sets per stacked forward (``stacked`` engine), also bounded by
         ``max_memory_bytes``.
     sub_batch : int
         Images per tile of the stacked engine's first layer.
+    stack_max_flops : float
+        ``auto`` stacks only networks of at most this many FLOPs per example (one forward,
+        counted by ``torch.utils.flop_counter``): stacking pays when each model's layers are too
+        small to keep the matrix units busy (the small CNN, 2 MFLOP: 2x the loop), not for large
+        ones (VGG-11 at 32x32, 300 MFLOP: the loop was faster).
     max_memory_bytes : int
         Bound on the memory of one chunk of parameter sets (and, for ``vmap``, their
         activations); longer batches of parameter sets are processed chunk by chunk.
@@ -115,8 +120,9 @@ class ModelUtility:
         device: str | torch.device = "cpu",
         batch_size: int | None = None,
         max_memory_bytes: int = 1 << 30,
-        stack_size: int = 64,
-        sub_batch: int = 5,
+        stack_size: int = 32,
+        sub_batch: int = 2,
+        stack_max_flops: float = 5e7,
         channels_last: bool | str = "auto",
         num_threads: int | None = None,
     ):
@@ -137,6 +143,7 @@ class ModelUtility:
         self.batch_size = batch_size
         self.stack_size = int(stack_size)
         self.sub_batch = int(sub_batch)
+        self.stack_max_flops = float(stack_max_flops)
         self.max_memory_bytes = int(max_memory_bytes)
         self.channels_last = channels_last
         self.num_threads = num_threads
@@ -162,7 +169,7 @@ class ModelUtility:
         act_bytes = self._probe()
         if self.strategy_ == "stacked":
             self._setup_stacked(required=engine == "stacked")
-        self._batch = int(batch_size if batch_size is not None else (25 if self.strategy_ == "stacked" else 250))
+        self._batch = int(batch_size if batch_size is not None else (50 if self.strategy_ == "stacked" else 250))
         use_cl = (channels_last is True) or (
             channels_last == "auto"
             and self.device.type == "cpu"
@@ -245,6 +252,15 @@ class ModelUtility:
         sets, gives the network's own logits; otherwise fall back to ``loop`` (or, when the
         engine was asked for by name, raise)."""
         steps, reason = stacking_plan(self._model)
+        if steps is not None and not required:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                self._model(self._x[:1])
+            flops = counter.get_total_flops()
+            if flops > self.stack_max_flops:
+                steps, reason = None, (f"{flops / 1e6:.0f} MFLOP per example, above stack_max_flops "
+                                       f"({self.stack_max_flops / 1e6:.0f} M): the loop is as fast")
         if steps is not None:
             net = StackedNet(self._model, sub_batch=self.sub_batch)
             flat = self.layout.flatten(self._template_state).to(self.device)
