@@ -41,6 +41,7 @@ deploy-local: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.evaluators
+	$(BIN)/python -m benchmarks.engine
 
 clean:
 	rm -rf results .flwr_home .pytest_cache

@@ -180,8 +180,9 @@ class AttributionSpec(_Spec):
     val_subset: int | None = Field(None, ge=1, description="use only this many validation "
                                    "examples for the utility; None = the whole validation split")
     engine: str = Field(
-        "auto", min_length=1, description="how coalition utilities are computed: batched "
-        "(vectorised), naive (one model per coalition), auto (batched when supported), ... "
+        "auto", min_length=1, description="how coalition utilities are computed: stacked "
+        "(K coalition models as one network), loop, vmap, naive (one model per coalition), "
+        "auto (stacked on CPU for small sequential networks, vmap on CUDA, loop otherwise) "
         "(checked against fedattr.evaluators.ENGINES before start-up)")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for coalition evaluation "
                                     "(None = torch's default); 1 when several runs share the cores")
