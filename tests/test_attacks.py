@@ -315,6 +315,24 @@ def test_latent_attack_round_is_deterministic_and_targets_unseen_classes(splits,
                            flat_update(global_model.state_dict(), a.honest_state_dict))
 
 
+def test_generator_seed_shares_one_public_generator_across_run_seeds(splits, local, global_model, tmp_path):
+    def generator_state(run_seed, generator_seed):
+        attack = make_attack("latent", **{**FAST_LATENT, "generator_epochs": 2, "generator_seed": generator_seed})
+        ctx = make_ctx(global_model, local, splits, cache_dir=tmp_path / f"g{generator_seed}")
+        ctx.run_seed = run_seed
+        vae = attack.generator(ctx)
+        return {k: v.clone() for k, v in vae.state_dict().items()}, ctx.metrics["generator_cached"]
+
+    first, cached = generator_state(1, 0)
+    second, cached_again = generator_state(2, 0)
+    assert cached == 0.0 and cached_again == 1.0  # the second run seed loads the first one's file
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    per_seed = [generator_state(s, -1)[0] for s in (1, 2)]
+    assert any(not torch.equal(per_seed[0][k], per_seed[1][k]) for k in per_seed[0])
+    with pytest.raises(UserError, match="generator_seed"):
+        make_attack("latent", generator_seed=-2).validate()
+
+
 def test_zero_fraction_injects_nothing_and_equals_honest(splits, local, global_model):
     r = run_attacker_round(make_attack("latent", synthetic_fraction=0.0), make_ctx(global_model, local, splits))
     assert r.metrics["synthetic_count"] == 0 and "generator_cached" not in r.metrics

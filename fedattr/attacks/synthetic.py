@@ -100,6 +100,9 @@ class LatentAttack(SyntheticInjection):
     generator_batch_size: int = gen.DEFAULT_BATCH_SIZE
     generator_lr: float = gen.DEFAULT_LR
     generator_beta: float = gen.DEFAULT_BETA
+    #: -1: the generator is trained with the run's artefact seed (one per seed); >= 0: with this
+    #: seed in every run, so all seeds share one public generator (trained once, then cached).
+    generator_seed: int = -1
     steps: int = LatentOptimiser.steps
     step_lr: float = LatentOptimiser.step_lr
     lambda_z: float = LatentOptimiser.lambda_z
@@ -115,6 +118,8 @@ class LatentAttack(SyntheticInjection):
             )
         if self.latent_dim < 0 or self.steps < 0 or self.candidates < 1 or self.generator_epochs < 1:
             raise UserError("attack 'latent': latent_dim and steps must be >= 0, candidates and generator_epochs >= 1")
+        if self.generator_seed < -1:
+            raise UserError("attack 'latent': generator_seed must be -1 (the run's seed) or >= 0")
 
     def generator(self, ctx: AttackContext) -> gen.VAE:
         """The VAE, trained once per run (disk-cached by config + data) and memoised in ctx.state."""
@@ -130,7 +135,8 @@ class LatentAttack(SyntheticInjection):
             vae, info = gen.train_generator(
                 x, channels=ctx.channels, side=ctx.side, latent_dim=self.latent_dim or None,
                 width=self.generator_width, epochs=self.generator_epochs, batch_size=self.generator_batch_size,
-                lr=self.generator_lr, beta=self.generator_beta, seed=ctx.artefact_seed, device=ctx.device,
+                lr=self.generator_lr, beta=self.generator_beta, device=ctx.device,
+                seed=ctx.artefact_seed if self.generator_seed < 0 else self.generator_seed,
                 cache_dir=ctx.cache_dir, source_tag=self.generator_source,
             )
             for p in vae.parameters():

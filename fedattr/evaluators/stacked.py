@@ -113,14 +113,12 @@ def _is_pool2x2(m: nn.Module) -> bool:
             and pair(m.dilation) == (1, 1) and not m.ceil_mode)
 
 
-def _pool2x2(h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _pool2x2(h: torch.Tensor) -> torch.Tensor:
     """2x2 max-pool, stride 2, of a ``[B, C, H, W]`` tensor (odd edges dropped, as torch)."""
     hh, ww = h.shape[2] // 2 * 2, h.shape[3] // 2 * 2
     a = torch.maximum(h[:, :, 0:hh:2, 0:ww:2], h[:, :, 0:hh:2, 1:ww:2])
     b = torch.maximum(h[:, :, 1:hh:2, 0:ww:2], h[:, :, 1:hh:2, 1:ww:2])
-    if out is None:
-        return torch.maximum(a, b, out=a)
-    return torch.maximum(a, b, out=out)
+    return torch.maximum(a, b, out=a)
 
 
 class StackedNet:
@@ -166,7 +164,7 @@ class StackedNet:
                     break
                 if steps[i].kind not in ("relu", "skip"):
                     break
-        self._patches: dict[tuple[int, int], torch.Tensor] = {}
+        self._patches: dict = {}  # batch key -> (patches, output height and width)
         self._patch_bytes = 0
         self._buffers: dict[tuple, torch.Tensor] = {}
 
@@ -177,7 +175,11 @@ class StackedNet:
         prepared: list = []
         k = next(iter(params.values())).shape[0]
         for s in self.steps:
-            m, p = s.module, (lambda key: params.get(f"{s.name}.{key}" if s.name else key))
+            m = s.module
+
+            def p(key, prefix=s.name):
+                return params.get(f"{prefix}.{key}" if prefix else key)
+
             if s.kind == "conv_first":
                 w, b = p("weight"), p("bias")
                 o = w.shape[1]
@@ -213,7 +215,7 @@ class StackedNet:
         return prepared
 
     # forward -----------------------------------------------------------------------------------
-    def forward(self, prepared: list, x: torch.Tensor, key: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, prepared: list, x: torch.Tensor, key=None) -> torch.Tensor:
         """Logits ``[K, B, classes]`` of the K prepared models on images ``x`` ``[B, ...]``.
 
         ``key`` identifies ``x`` (e.g. its slice of the validation set) so that its first-layer
