@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.evaluators import matmul_gflops, model_flops
 from fedattr.evaluators import ModelUtility, RoundGame, StateLayout
 from fedattr.models import VGG11, SmallCNN
 
@@ -41,23 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("naive", "loop", "stacked")
 
 
-def matmul_gflops(size: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * size ** 3 / best / 1e9
-
-
 def flops_per_image(model: torch.nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.eval()(x[:1])
-    return float(counter.get_total_flops())
+    return float(model_flops(model.eval(), x[:1]))
 
 
 def mnist_validation(n: int):

@@ -62,8 +62,8 @@ class ModelUtility:
         wider network (:class:`StackedNet`: one matrix product for the first layer, grouped
         convolutions, batched matrix products), for networks that are a plain sequence of
         layers. ``auto``/``batched``: ``vmap`` on CUDA; on CPU ``stacked`` when the network can
-        be stacked (and the stacked forward matches its own on a probe), ``loop`` otherwise
-        (``stack_reason_`` says why).
+        be stacked, is small (``stack_max_flops``) and the stacked forward matches its own on a
+        probe, ``loop`` otherwise (``stack_reason_`` says why).
     device : str or torch.device
         Where models run; validation data is moved there once.
     batch_size : int, optional
