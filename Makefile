@@ -30,7 +30,7 @@ demo: $(STAMP)
 	echo "make demo: $$(( $$(date +%s) - start )) s wall on this machine (matmul rate above)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
