@@ -37,6 +37,7 @@ import torch
 
 from benchmarks.evaluators import matmul_gflops, model_flops
 from fedattr.evaluators import ModelUtility, RoundGame, StateLayout
+from fedattr.launch.processes import FLWR_ENV
 from fedattr.models import VGG11, SmallCNN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,11 +103,8 @@ def compare_engines(name, model, x, y, n_clients, chunks, peak_fn, seed=0):
 
 def flower_figure(n_val: int, out: Path) -> dict:
     """Run the Flower scenario and read the coalition engine's work from its round records."""
-    env = dict(os.environ)
+    env = {**os.environ, **FLWR_ENV}
     env.setdefault("FLWR_HOME", str(ROOT / ".flwr_home"))
-    for k, v in (("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"), ("FLWR_TELEMETRY_ENABLED", "0"),
-                 ("FLWR_DISABLE_UPDATE_CHECK", "1"), ("RAY_USAGE_STATS_ENABLED", "0")):
-        env.setdefault(k, v)
     cmd = [sys.executable, "-m", "fedattr.cli", "run", str(ROOT / "scenarios" / "engine_flower.toml"),
            "--out", str(out), "--no-report", "--set", f"data.val_size={n_val}"]
     t0 = time.perf_counter()

@@ -142,7 +142,6 @@ class StackedNet:
         steps, reason = stacking_plan(model)
         if steps is None:
             raise ValueError(f"cannot stack {type(model).__name__}: {reason}")
-        self.model = model
         self.steps = steps
         self.sub_batch = max(1, int(sub_batch))
         self.cache_inputs_bytes = int(cache_inputs_bytes)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .layout import StateLayout
-from .stacked import StackedNet, stacking_plan
+from .stacked import StackedNet
 
 __all__ = ["METRICS", "ENGINES", "ModelUtility"]
 
@@ -251,18 +251,21 @@ class ModelUtility:
         """Use the stacked engine if the network can be stacked and, on a probe of two parameter
         sets, gives the network's own logits; otherwise fall back to ``loop`` (or, when the
         engine was asked for by name, raise)."""
-        steps, reason = stacking_plan(self._model)
-        if steps is not None and not required:
+        net, reason = None, ""
+        try:
+            net = StackedNet(self._model, sub_batch=self.sub_batch)
+        except ValueError as err:
+            reason = str(err)
+        if net is not None and not required:
             from torch.utils.flop_counter import FlopCounterMode
 
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 self._model(self._x[:1])
             flops = counter.get_total_flops()
             if flops > self.stack_max_flops:
-                steps, reason = None, (f"{flops / 1e6:.0f} MFLOP per example, above stack_max_flops "
-                                       f"({self.stack_max_flops / 1e6:.0f} M): the loop is as fast")
-        if steps is not None:
-            net = StackedNet(self._model, sub_batch=self.sub_batch)
+                net, reason = None, (f"{flops / 1e6:.0f} MFLOP per example, above stack_max_flops "
+                                     f"({self.stack_max_flops / 1e6:.0f} M): the loop is as fast")
+        if net is not None:
             flat = self.layout.flatten(self._template_state).to(self.device)
             gen = torch.Generator().manual_seed(0)
             noise = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(self.device)
@@ -410,12 +413,18 @@ class ModelUtility:
             acc = self._add(acc, self._stats(batched(params, xb), yb, ob, metrics))
         return acc
 
-    def _stacked(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _stacked_batches(self, flats: torch.Tensor):
+        """Logits ``[K, B, C]`` of one chunk of parameter sets through the stacked engine, with the
+        batch's labels and one-hot labels, validation batch by validation batch."""
         net = self._stacked_net
         prepared = net.prepare(self.layout.unflatten_batch(flats))
-        acc = None
         for i, (xb, yb, ob) in enumerate(self._batches()):
-            acc = self._add(acc, self._stats(net.forward(prepared, xb, key=i), yb, ob, metrics))
+            yield net.forward(prepared, xb, key=i), yb, ob
+
+    def _stacked(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        acc = None
+        for logits, yb, ob in self._stacked_batches(flats):
+            acc = self._add(acc, self._stats(logits, yb, ob, metrics))
         return acc
 
     def _naive(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -463,12 +472,10 @@ class ModelUtility:
         try:
             with torch.no_grad():
                 if self._stacked_net is not None:
-                    net, step = self._stacked_net, self.max_coalitions_per_call_
-                    rows = []
+                    step, rows = self.max_coalitions_per_call_, []
                     for start in range(0, params.shape[0], step):
-                        prepared = net.prepare(self.layout.unflatten_batch(params[start:start + step]))
-                        rows.extend(torch.cat([net.forward(prepared, xb, key=i)
-                                               for i, (xb, _, _) in enumerate(self._batches())], 1))
+                        chunk = params[start:start + step]
+                        rows.extend(torch.cat([z for z, _, _ in self._stacked_batches(chunk)], 1))
                 else:
                     rows = [torch.cat([functional_call(self._model, self.layout.unflatten(flat), (xb,))
                                        for xb, _, _ in self._batches()]) for flat in params]
