@@ -16,13 +16,18 @@ from fedattr.evaluators import (
     ModelUtility,
     RoundGame,
     TabularGame,
+    choose_pairs,
+    default_n_pairs,
     fedavg_coefficients,
     logit_surrogate_for,
     make_evaluator,
     masks_to_matrix,
 )
 
-ANCHORS = ("grand", "clients", "both", "loo")
+ANCHORS = ("grand", "clients", "both", "loo", "pairs")
+# Pairs {0, 1}, {1, 3}, {2, 4}, {3, 4} of the five players: a part of the 10, so that the fit has
+# pairs no forward informs.
+SOME_PAIRS = [3, 10, 20, 24]
 
 
 def _clients(state, n, scale, gen, bn=False):
@@ -147,7 +152,7 @@ def test_surrogate_equals_game_when_logits_are_linear(linear, metric, anchor):
         np.testing.assert_allclose(row[p], np.diff(real[prefixes]), atol=1e-6)
 
 
-def _formula(z0, zc, zn, zl, weights, member, anchor):
+def _formula(z0, zc, zn, zl, weights, member, anchor, zp=None, ridge=0.01):
     """The surrogate's logits written out independently of the module (numpy, one coalition)."""
     n = len(weights)
     if not member.any():
@@ -157,6 +162,23 @@ def _formula(z0, zc, zn, zl, weights, member, anchor):
     d = zc - z0
     lin = z0 + np.tensordot(c, d, 1)
     r = zn - z0 - np.tensordot(p, d, 1)
+    if anchor == "pairs":
+        # Logits quadratic in c: per-client and per-pair curvature, ridge on the pair block.
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+        def feats(cc):
+            return np.r_[cc * (1 - cc), [2 * cc[i] * cc[j] for i, j in pairs]]
+        coal = [np.ones(n, dtype=bool)] + [np.arange(n) != k for k in range(n)] + [masks_to_matrix([m], n)[0] for m in zp]
+        z_at = [zn] + list(zl) + list(zp.values())
+        rows, rhs = [], []
+        for mem, zz in zip(coal, z_at):
+            ck = fedavg_coefficients(mem[None], weights)[0]
+            rows.append(feats(ck))
+            rhs.append((zz - z0 - np.tensordot(ck, d, 1)).reshape(-1))
+        a, rhs = np.array(rows), np.array(rhs)
+        pen = np.r_[np.zeros(n), np.full(len(pairs), ridge * np.mean(np.diag(a.T @ a)[n:]))]
+        beta = np.linalg.pinv(a.T @ a + np.diag(pen)) @ a.T @ rhs
+        return lin + (feats(c) @ beta).reshape(z0.shape)
     if anchor == "loo":
         # Per-client curvature u_i fitted (least squares) to the residuals at N and N \ {k}.
         rows, rhs = [p * (1 - p)], [r]
@@ -176,15 +198,16 @@ def test_surrogate_formula_and_exactness_on_a_nonlinear_game(tiny, metric, ancho
     game = make_game(tiny, metric)
     n, full = game.n, game.full_mask
     real = make_game(tiny, metric).values(all_masks(n))
-    sur = LogitSurrogateGame.from_round_game(game, anchor)
+    sur = LogitSurrogateGame.from_round_game(game, anchor, pairs=SOME_PAIRS)
     table = sur.table()
     # Independent formula on the real forwards of the anchor models.
     util = game.utility
     loo = [full ^ (1 << k) for k in range(n)]
     z = util.logits(game.aggregate_many([0] + [1 << i for i in range(n)] + [full] + loo)).numpy()
+    zp = dict(zip(SOME_PAIRS, util.logits(game.aggregate_many(SOME_PAIRS)).numpy()))
     y = util.validation_[1]
     for m in (3, 5, 6, 9, 13, 22, 26):
-        zm = _formula(z[0], z[1:n + 1], z[n + 1], z[n + 2:], np.array(WEIGHTS), masks_to_matrix([m], n)[0], anchor)
+        zm = _formula(z[0], z[1:n + 1], z[n + 1], z[n + 2:], np.array(WEIGHTS), masks_to_matrix([m], n)[0], anchor, zp)
         if metric == "accuracy":
             want = float((zm.argmax(-1) == y.numpy()).mean())
         else:
@@ -192,7 +215,8 @@ def test_surrogate_formula_and_exactness_on_a_nonlinear_game(tiny, metric, ancho
         assert table[m] == pytest.approx(want, abs=1e-6), m
     # Exact (the real values, bit for bit) wherever the anchoring says so ...
     exact_at = {"grand": [0, full], "clients": [0] + [1 << i for i in range(n)],
-                "both": [0, full] + [1 << i for i in range(n)], "loo": [0, full] + [1 << i for i in range(n)] + loo}[anchor]
+                "both": [0, full] + [1 << i for i in range(n)], "loo": [0, full] + [1 << i for i in range(n)] + loo,
+                "pairs": [0, full] + [1 << i for i in range(n)] + loo + SOME_PAIRS}[anchor]
     for m in exact_at:
         assert table[m] == game.cache.peek(m)
         assert table[m] == pytest.approx(real[m], abs=1e-6)
@@ -322,14 +346,15 @@ def test_cv_with_exact_logit_surrogate_has_zero_residual(linear, metric):
     assert ev.n_evaluations_ > game.n + 2  # it did walk real permutations
 
 
-@pytest.mark.parametrize("anchor", ["grand", "both", "loo"])
+@pytest.mark.parametrize("anchor", ["grand", "both", "loo", "pairs"])
 def test_cv_with_logit_surrogate_is_unbiased_on_a_nonlinear_game(tiny, anchor):
     game = make_game(tiny, "neg_ce")
     game.values(all_masks(game.n))  # the whole table once; every run below reads the cache
     exact = ExactShapley().fit(game).values_
-    sur = logit_surrogate_for(game, anchor)
+    kw = {"n_pairs": 9} if anchor == "pairs" else {}  # 9 of the 10 pairs, drawn per seed
+    sur = logit_surrogate_for(game, anchor, choose_pairs(game.n, 9, 0) if anchor == "pairs" else None)
     assert np.abs(sur.shapley()[0] - exact).sum() > 1e-3 * np.abs(exact).sum()  # biased alone
-    runs = np.array([make_evaluator("cv_shapley", anchor=anchor, stop=MaxPermutations(2), antithetic=False)
+    runs = np.array([make_evaluator("cv_shapley", anchor=anchor, stop=MaxPermutations(2), antithetic=False, **kw)
                      .fit(game, seed=s).values_ for s in range(300)])
     se = runs.std(0) / np.sqrt(len(runs))
     assert np.all(se > 0)
@@ -344,3 +369,83 @@ def test_cv_budget_below_the_logit_anchors_is_a_clear_error(tiny):
         make_evaluator("cv_shapley", stop=MaxEvaluations(6)).fit(game, seed=0)
     ev = make_evaluator("cv_shapley", stop=MaxEvaluations(12)).fit(game, seed=0)
     assert ev.n_evaluations_ <= 12 and ev.budget_exhausted_
+
+
+# ------------------------------------------------------------------------------ pair curvatures
+
+
+def test_choose_pairs_draws_distinct_pairs_with_the_seed():
+    drawn = choose_pairs(10, 29, 0)
+    assert len(drawn) == len(set(drawn)) == 29 and drawn == sorted(drawn)
+    assert all(bin(m).count("1") == 2 and m < 1 << 10 for m in drawn)
+    assert choose_pairs(10, 29, 0) == drawn and choose_pairs(10, 29, 1) != drawn
+    assert choose_pairs(10, None, 3) == choose_pairs(10, default_n_pairs(10), 3)
+    assert default_n_pairs(10) == 29 and 2 * 10 + 2 + default_n_pairs(10) == 1024 // 20
+    assert default_n_pairs(4) == 6 and len(choose_pairs(4, 100)) == 6  # every pair, no more
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="n_pairs must be a non-negative integer"):
+            choose_pairs(10, bad)
+
+
+@pytest.mark.parametrize("weights", [[2.0, 1.0, 3.0, 1.5, 0.5, 2.5], [0.0, 0.0, 3.0, 1.0, 2.0, 1.0]])
+def test_pairs_is_exact_on_logits_quadratic_in_the_coefficients(weights):
+    """Every pair drawn and no ridge: logits quadratic in FedAvg's coefficients (a free symmetric
+    interaction per output) are recovered at every coalition; with some pairs only, the drawn
+    coalitions are still exact and the others are not."""
+    n, v, k = len(weights), 40, 4
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(v, k, generator=g, dtype=torch.float64)
+    lin = torch.randn(n, v, k, generator=g, dtype=torch.float64)
+    inter = torch.randn(n, n, v, k, generator=g, dtype=torch.float64)
+    inter = inter + inter.transpose(0, 1)
+    member = masks_to_matrix(all_masks(n), n)
+    c = torch.as_tensor(fedavg_coefficients(member, np.array(weights)))
+    z = z0 + torch.einsum("si,ivk->svk", c, lin) + torch.einsum("si,sj,ijvk->svk", c, c, inter)
+    z[0] = z0
+    y = torch.randint(0, k, (v,), generator=g)
+    full = (1 << n) - 1
+    loo = [full ^ (1 << q) for q in range(n)]
+
+    def surrogate(pairs, ridge):
+        return LogitSurrogateGame(z[0], z[[1 << i for i in range(n)]], z[full], y, "neg_ce", weights, "pairs",
+                                  z_loo=z[loo], pairs=pairs, z_pairs=z[pairs], pair_ridge=ridge)
+    real = LogitSurrogateGame(z[0], z[[1 << i for i in range(n)]], z[full], y, "neg_ce", weights, "clients")
+    real = real.scores(z.float())
+    every = choose_pairs(n, 100)
+    np.testing.assert_allclose(surrogate(every, 0.0).table(), real, atol=1e-5)
+    some = choose_pairs(n, 5, 0)
+    part = surrogate(some, 0.01).table()
+    anchors = [0, full] + [1 << i for i in range(n)] + loo + some
+    np.testing.assert_array_equal(part[anchors], real[anchors])
+    assert np.abs(part - real).max() > 1e-3
+    # The plain per-client curvature cannot represent the interactions.
+    assert np.abs(LogitSurrogateGame(z[0], z[[1 << i for i in range(n)]], z[full], y, "neg_ce", weights, "loo",
+                                     z_loo=z[loo]).table() - real).max() > 1e-2
+
+
+def test_pairs_evaluator_counts_its_forwards_and_draws_its_pairs_with_the_seed(tiny):
+    game = make_game(tiny, "neg_ce")
+    n = game.n
+    loo = make_evaluator("logit_surrogate_shapley", anchor="loo").fit(game)
+    assert loo.n_evaluations_ == 2 * n + 2
+    ev = make_evaluator("logit_surrogate_shapley", anchor="pairs", n_pairs=4).fit(game, seed=0)
+    assert ev.n_evaluations_ == 2 * n + 2 + 4 and ev.n_new_evaluations_ == 4  # the loo forwards are shared
+    assert ev.surrogate_.pairs == choose_pairs(n, 4, np.random.default_rng(0))
+    assert set(ev.surrogate_.anchor_masks) >= set(ev.surrogate_.pairs)
+    again = make_evaluator("logit_surrogate_shapley", anchor="pairs", n_pairs=4).fit(game, seed=0)
+    assert again.surrogate_ is ev.surrogate_ and again.n_new_evaluations_ == 0 and again.forward_seconds_ == 0.0
+    other = make_evaluator("logit_surrogate_shapley", anchor="pairs", n_pairs=4).fit(game, seed=1)
+    assert other.surrogate_.pairs != ev.surrogate_.pairs
+    assert other.values_.sum() == pytest.approx(game.gain(), abs=1e-12)  # exact at both ends: efficient
+    # Sampled beyond max_exact_players: the prefixes are scored directly.
+    sampled = make_evaluator("logit_surrogate_shapley", anchor="pairs", n_pairs=4, max_exact_players=3,
+                             n_permutations=1500).fit(game, seed=0)
+    assert not sampled.exact_ and np.abs(sampled.values_ - ev.values_).sum() < 0.04 * np.abs(ev.values_).sum()
+
+
+def test_pairs_parameters_are_checked():
+    from fedattr.components import check_evaluator
+
+    assert check_evaluator("logit_surrogate_shapley", {"anchor": "pairs", "n_pairs": 40}, 10) is None
+    assert "n_pairs must be" in check_evaluator("logit_surrogate_shapley", {"anchor": "pairs", "n_pairs": -2}, 10)
+    assert "pair_ridge must be" in check_evaluator("cv_shapley", {"anchor": "pairs", "pair_ridge": -1.0}, 10)

@@ -61,7 +61,14 @@ from .surrogate import (
     surrogate_for,
     taylor_terms,
 )
-from .logit_surrogate import LOGIT_ANCHORS, LogitSurrogateGame, LogitSurrogateShapley, logit_surrogate_for
+from .logit_surrogate import (
+    LOGIT_ANCHORS,
+    LogitSurrogateGame,
+    LogitSurrogateShapley,
+    choose_pairs,
+    default_n_pairs,
+    logit_surrogate_for,
+)
 from .control_variate import SURROGATE_KINDS, ControlVariateShapley
 
 __all__ = [
@@ -77,7 +84,7 @@ __all__ = [
     # second-order surrogate
     "SurrogateGame", "SURROGATE_METRICS", "SMOOTH_METRIC", "fedavg_coefficients", "taylor_terms", "surrogate_for",
     # logit-linear surrogate
-    "LogitSurrogateGame", "LOGIT_ANCHORS", "logit_surrogate_for", "SURROGATE_KINDS",
+    "LogitSurrogateGame", "LOGIT_ANCHORS", "logit_surrogate_for", "choose_pairs", "default_n_pairs", "SURROGATE_KINDS",
     "semivalue_from_table", "shapley_weights", "banzhaf_weights", "beta_weights", "walk_permutations",
     # stopping rules
     "StoppingRule", "EstimatorState", "MaxEvaluations", "MaxSamples", "MaxPermutations", "MaxTime",

@@ -9,7 +9,7 @@ import numpy as np
 from .base import BudgetExhausted, MonteCarloEvaluator, _RunningStats, register
 from .sampling import walk_permutations
 from .stopping import EstimatorState, MaxPermutations, RelativeChange, StoppingRule
-from .logit_surrogate import DEFAULT_LOGIT_ANCHOR, LogitSurrogateGame, _check_anchor, _logit_surrogate
+from .logit_surrogate import DEFAULT_LOGIT_ANCHOR, DEFAULT_PAIR_RIDGE, LogitSurrogateGame, _check_anchor, _logit_surrogate
 from .surrogate import MAX_EXACT_SURROGATE_PLAYERS, SurrogateGame, _calibrated_surrogate
 
 __all__ = ["ControlVariateShapley", "SURROGATE_KINDS"]
@@ -35,8 +35,10 @@ class ControlVariateShapley(MonteCarloEvaluator):
         ``"logit"``: the logit-linear surrogate (:class:`LogitSurrogateGame`, ``n + 2`` real
         forwards, shared through the cache); ``"taylor"``: the second-order expansion
         (:class:`SurrogateGame`, a gradient and ``n`` Hessian-vector products).
-    anchor : {"grand", "clients", "both"}
-        The logit surrogate's anchoring, as in :class:`LogitSurrogateShapley`.
+    anchor, n_pairs, pair_ridge :
+        The logit surrogate's anchoring (``"grand"``, ``"clients"``, ``"both"``, ``"loo"``,
+        ``"pairs"``) and its pairs, as in :class:`LogitSurrogateShapley`; the pairs are drawn
+        with the fit's seed.
     metric, temperature, calibrate, batch_size, center :
         The Taylor surrogate's settings, as in :class:`SurrogateShapley` (unused by ``"logit"``).
     surrogate : SurrogateGame or LogitSurrogateGame, optional
@@ -70,7 +72,8 @@ class ControlVariateShapley(MonteCarloEvaluator):
                  batch_permutations: int = 1, max_exact_players: int = MAX_EXACT_SURROGATE_PLAYERS,
                  n_permutations_surrogate: int = 4000, batch_size: int = 500, center: bool = True,
                  surrogate: SurrogateGame | LogitSurrogateGame | None = None, surrogate_kind: str = "logit",
-                 anchor: str = DEFAULT_LOGIT_ANCHOR):
+                 anchor: str = DEFAULT_LOGIT_ANCHOR, n_pairs: int | None = None,
+                 pair_ridge: float = DEFAULT_PAIR_RIDGE):
         self.metric = metric
         self.temperature = temperature
         self.calibrate = calibrate
@@ -85,13 +88,15 @@ class ControlVariateShapley(MonteCarloEvaluator):
         self.surrogate = surrogate
         self.surrogate_kind = surrogate_kind
         self.anchor = anchor
+        self.n_pairs = n_pairs
+        self.pair_ridge = pair_ridge
 
-    def _surrogate_game(self, game, req):
+    def _surrogate_game(self, game, req, rng):
         if self.surrogate_kind not in SURROGATE_KINDS:
             raise ValueError(f"unknown surrogate_kind {self.surrogate_kind!r}; valid: {', '.join(SURROGATE_KINDS)}")
         _check_anchor(self.anchor)
         if isinstance(self.surrogate, LogitSurrogateGame) or (self.surrogate is None and self.surrogate_kind == "logit"):
-            return _logit_surrogate(self, game, req)
+            return _logit_surrogate(self, game, req, rng)
         return _calibrated_surrogate(self, game, req)
 
     def _default_stop(self):
@@ -107,12 +112,12 @@ class ControlVariateShapley(MonteCarloEvaluator):
         base = np.zeros(n)
         if n:
             try:
-                sur = self._surrogate_game(game, req)
+                sur = self._surrogate_game(game, req, rng)
                 v0, vn = req.values([0, game.full_mask])
             except BudgetExhausted:
                 raise ValueError(f"the evaluation budget ({req.budget}) does not cover the real coalitions the "
-                                 f"surrogate is built from (n + 2 = {n + 2} for the logit surrogate, 2 for the "
-                                 "Taylor one)") from None
+                                 f"surrogate is built from (n + 2 = {n + 2} for the logit surrogate, 2n + 2 = "
+                                 f"{2 * n + 2} with anchor 'loo', more with 'pairs', 2 for the Taylor one)") from None
             base, _ = sur.shapley(self.max_exact_players, self.n_permutations_surrogate, rng)
             self.surrogate_ = sur
             while True:

@@ -22,6 +22,14 @@ with ``c(S)`` FedAvg's renormalised coefficients (zero-weight fallback included)
   (0 at singletons; ``1 - |c|^2`` times ``u`` when every ``u_i = u``), with ``u [n, V, C]`` the
   least-squares fit of the residuals at ``N`` and the ``n`` leave-one-out coalitions. Exact at
   the empty coalition, singletons, leave-one-out coalitions and ``N`` (their real values).
+- ``"pairs"``: the ``loo`` forwards plus ``k`` pair coalitions ``{i, j}`` drawn at random, and a
+  curvature per pair on top of the per-client one: ``+ sum_{i<j} 2 c_i(S) c_j(S) e_ij``, i.e. the
+  logits quadratic in ``c`` with a free symmetric interaction matrix. ``u`` and every ``e_ij``
+  (observed pairs or not) are fitted jointly to the residuals at ``N``, the leave-one-out
+  coalitions and the drawn pairs, by least squares with a ridge on ``e`` (``pair_ridge`` times the
+  mean diagonal of the ``e`` block of the normal equations), which pulls the pairs no forward
+  informs towards the ``loo`` surrogate. With every pair drawn and no ridge it is exact on logits
+  quadratic in ``c``. Exact at the ``loo`` anchors and the drawn pairs.
 
 The game's metric (accuracy, neg_ce, balanced_accuracy) is computed exactly on the mixed
 logits, so a coalition value costs ``O(n_val x classes x n)`` and no model forward. Where the
@@ -43,22 +51,45 @@ from .base import Evaluator, register
 from .game import Game, RoundGame, masks_to_matrix
 from .surrogate import fedavg_coefficients, surrogate_shapley_values
 
-__all__ = ["LOGIT_ANCHORS", "LogitSurrogateGame", "LogitSurrogateShapley", "logit_surrogate_for"]
+__all__ = ["LOGIT_ANCHORS", "LogitSurrogateGame", "LogitSurrogateShapley", "choose_pairs", "default_n_pairs",
+           "logit_surrogate_for"]
 
-LOGIT_ANCHORS = ("grand", "clients", "both", "loo")
+LOGIT_ANCHORS = ("grand", "clients", "both", "loo", "pairs")
 DEFAULT_LOGIT_ANCHOR = "loo"
+DEFAULT_PAIR_RIDGE = 0.01
 MAX_EXACT_LOGIT_PLAYERS = 20
 _SCORED_METRICS = ("accuracy", "neg_ce", "balanced_accuracy")
 # Mixed-logit elements held at once (per chunk of coalitions or permutations).
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _anchor_masks(n: int, anchor: str) -> list[int]:
+def _anchor_masks(n: int, anchor: str, pairs: Sequence[int] = ()) -> list[int]:
     full = (1 << n) - 1
     masks = [0] + [1 << i for i in range(n)] + [full]
-    if anchor == "loo":
+    if anchor in ("loo", "pairs"):
         masks += [full ^ (1 << k) for k in range(n)]
+    if anchor == "pairs":
+        masks += [int(m) for m in pairs]
     return list(dict.fromkeys(masks))
+
+
+def default_n_pairs(n: int) -> int:
+    """Pairs drawn by ``anchor="pairs"`` when not given: about three per client, ``3n - 1``
+    (29 at n = 10, so that with the ``2n + 2`` other anchors the surrogate costs 51 real
+    evaluations, a twentieth of the 1,024 coalitions), at most every pair."""
+    return min(n * (n - 1) // 2, max(0, 3 * n - 1))
+
+
+def choose_pairs(n: int, n_pairs: int | None = None, seed: int | np.random.Generator | None = 0) -> list[int]:
+    """``n_pairs`` distinct pair coalitions ``{i, j}`` (bitmasks, sorted) drawn uniformly at random;
+    every pair when ``n_pairs`` is at least ``n (n - 1) / 2``; ``default_n_pairs(n)`` when None."""
+    total = n * (n - 1) // 2
+    k = default_n_pairs(n) if n_pairs is None else n_pairs
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"n_pairs must be a non-negative integer, got {n_pairs!r}")
+    ii, jj = np.triu_indices(n, 1)
+    pick = np.random.default_rng(seed).permutation(total)[:min(int(k), total)]
+    return sorted(int((1 << int(ii[p])) | (1 << int(jj[p]))) for p in pick)
 
 
 def _check_anchor(anchor: str) -> str:
@@ -84,7 +115,7 @@ class LogitSurrogateGame(Game):
         As :class:`ModelUtility` computes it (cross-entropy in float32, summed in float64).
     weights : array [n], optional
         FedAvg weights (default ones).
-    anchor : {"grand", "clients", "both"}
+    anchor : {"grand", "clients", "both", "loo", "pairs"}
     players : sequence, optional
     num_classes : int, optional
         Default ``C``.
@@ -92,12 +123,20 @@ class LogitSurrogateGame(Game):
         Real values ``{mask: value}`` of the anchor coalitions (default: the metric of the given
         logits); returned where the construction is exact.
     z_loo : Tensor [n, V, C], optional
-        Logits of each leave-one-out coalition ``N \ {k}`` (required by ``anchor="loo"``).
+        Logits of each leave-one-out coalition ``N \ {k}`` (required by ``anchor="loo"`` and
+        ``"pairs"``).
+    pairs : sequence of int, optional
+        Bitmasks of the pair coalitions ``{i, j}`` whose logits ``z_pairs [k, V, C]`` are given
+        (``anchor="pairs"``; may be empty).
+    pair_ridge : float
+        The ridge on the pair curvatures (``anchor="pairs"``), relative to the mean diagonal of
+        their block of the normal equations; 0 for plain least squares (minimum norm).
     """
 
     def __init__(self, z_empty, z_clients, z_full, y, metric: str = "accuracy", weights=None,
                  anchor: str = DEFAULT_LOGIT_ANCHOR, players: Sequence | None = None,
-                 num_classes: int | None = None, anchor_values: dict | None = None, z_loo=None):
+                 num_classes: int | None = None, anchor_values: dict | None = None, z_loo=None,
+                 pairs: Sequence[int] = (), z_pairs=None, pair_ridge: float = DEFAULT_PAIR_RIDGE):
         z_clients = torch.as_tensor(z_clients)
         if z_clients.dim() != 3:
             raise ValueError(f"z_clients must be [n, V, C], got {tuple(z_clients.shape)}")
@@ -124,17 +163,43 @@ class LogitSurrogateGame(Game):
         p = torch.as_tensor(self.p, dtype=dtype, device=device)
         self.r = z_full - self.z0 - (p @ self.d.reshape(n, -1)).reshape(v, c) if n else torch.zeros_like(self.z0)
         self._pp = float(self.p @ self.p)
-        self.u = None
-        if self.anchor == "loo":
+        self.u = self.e = None
+        self.pairs = [int(m) for m in pairs] if self.anchor == "pairs" else []
+        self._pair_i, self._pair_j = np.triu_indices(n, 1)
+        if self.anchor in ("loo", "pairs"):
             if z_loo is None:
-                raise ValueError("anchor='loo' needs the leave-one-out coalitions' logits (z_loo)")
+                raise ValueError(f"anchor={self.anchor!r} needs the leave-one-out coalitions' logits (z_loo)")
             z_loo = torch.as_tensor(z_loo).to(device, dtype).reshape(n, v, c)
             member = ~np.eye(n, dtype=bool)
-            c_loo = fedavg_coefficients(member, self.weights)
-            lin = self.z0.reshape(1, -1) + torch.as_tensor(c_loo, dtype=dtype, device=device) @ self.d.reshape(n, -1)
-            resid = torch.cat([self.r.reshape(1, -1), z_loo.reshape(n, -1) - lin]).to(torch.float64)
-            a = np.vstack([self.p * (1 - self.p), c_loo * (1 - c_loo)])
-            self.u = (torch.as_tensor(np.linalg.pinv(a), dtype=torch.float64, device=device) @ resid).to(dtype).reshape(n, v, c)
+            if self.pairs:
+                if z_pairs is None or len(z_pairs) != len(self.pairs):
+                    raise ValueError(f"{len(self.pairs)} pairs need as many pair logits (z_pairs)")
+                bad = [m for m in self.pairs if bin(m).count("1") != 2 or m >> n]
+                if bad:
+                    raise ValueError(f"not pair coalitions of {n} players: {bad}")
+                z_pairs = torch.as_tensor(z_pairs).to(device, dtype).reshape(len(self.pairs), v, c)
+                member = np.vstack([member, masks_to_matrix(self.pairs, n)])
+            c_fit = fedavg_coefficients(member, self.weights)
+            lin = self.z0.reshape(1, -1) + torch.as_tensor(c_fit, dtype=dtype, device=device) @ self.d.reshape(n, -1)
+            z_fit = z_loo.reshape(n, -1) if not self.pairs else torch.cat([z_loo.reshape(n, -1), z_pairs.reshape(len(self.pairs), -1)])
+            resid = torch.cat([self.r.reshape(1, -1), z_fit - lin]).to(torch.float64)
+            a = self._features(np.vstack([self.p, c_fit]))
+            if self.anchor == "loo":
+                coef = np.linalg.pinv(a)
+            else:
+                # Ridge on the pair block only, scaled to it: the pairs no forward informs are
+                # pulled towards the per-client curvature of ``loo``.
+                if not pair_ridge >= 0:
+                    raise ValueError(f"pair_ridge must be >= 0, got {pair_ridge!r}")
+                gram = a.T @ a
+                pen = np.zeros(a.shape[1])
+                if a.shape[1] > n:
+                    pen[n:] = float(pair_ridge) * np.diag(gram)[n:].mean()
+                coef = np.linalg.pinv(gram + np.diag(pen)) @ a.T
+            beta = torch.as_tensor(coef, dtype=torch.float64, device=device) @ resid
+            self.u = beta[:n].to(dtype).reshape(n, v, c)
+            if self.anchor == "pairs":
+                self.e = beta[n:].to(dtype).reshape(-1, v * c)
         counts = torch.bincount(self.y, minlength=self.num_classes).to(torch.float64)
         self._present = counts > 0
         self._counts = counts
@@ -143,9 +208,12 @@ class LogitSurrogateGame(Game):
         anchor_values = dict(anchor_values or {})
         masks = [0] + [1 << i for i in range(n)] + [self.full_mask]
         logits = [self.z0] + list(z_clients.to(dtype)) + [z_full]
-        if self.anchor == "loo":
+        if self.anchor in ("loo", "pairs"):
             masks += [self.full_mask ^ (1 << k) for k in range(n)]
             logits += list(z_loo)
+        if self.pairs:
+            masks += self.pairs
+            logits += list(z_pairs)
         need = [k for k, m in enumerate(masks) if m not in anchor_values]
         if need:
             scored = self.scores(torch.stack([logits[k] for k in need]))
@@ -154,17 +222,21 @@ class LogitSurrogateGame(Game):
         self.v_clients = np.array([anchor_values[1 << i] for i in range(n)], dtype=np.float64)
         self.v_full = float(anchor_values[self.full_mask])
         self.v_loo = (np.array([anchor_values[self.full_mask ^ (1 << k)] for k in range(n)], dtype=np.float64)
-                      if self.anchor == "loo" else None)
+                      if self.anchor in ("loo", "pairs") else None)
+        self.v_pairs = {m: float(anchor_values[m]) for m in self.pairs}
         self._table: np.ndarray | None = None
         self.forward_seconds_ = 0.0
 
     # construction ------------------------------------------------------------------------------
     @classmethod
     def from_round_game(cls, game: RoundGame, anchor: str = DEFAULT_LOGIT_ANCHOR,
-                        logits: dict | None = None) -> "LogitSurrogateGame":
+                        logits: dict | None = None, pairs: Sequence[int] | None = None,
+                        pair_ridge: float = DEFAULT_PAIR_RIDGE) -> "LogitSurrogateGame":
         """Build the surrogate of a FedAvg round game with a :class:`ModelUtility`: ``n + 2`` real
-        forwards (``utility.logits``; ``2n + 2`` for ``anchor="loo"``). ``logits``, a dict
-        ``{mask: logits [V, C]}``, supplies forwards already run and receives the new ones.
+        forwards (``utility.logits``; ``2n + 2`` for ``anchor="loo"``, ``2n + 2 + k`` for
+        ``"pairs"`` with ``k`` pair coalitions: ``pairs``, default ``choose_pairs(n)``).
+        ``logits``, a dict ``{mask: logits [V, C]}``, supplies forwards already run and receives
+        the new ones.
 
         The values of the anchor coalitions (empty, singletons, ``N``) not yet in the game's
         cache are computed from these logits and recorded there as evaluations, so that no
@@ -178,7 +250,10 @@ class LogitSurrogateGame(Game):
         _check_anchor(anchor)
         metric = getattr(utility, "metric", None)
         n = game.n
-        masks = _anchor_masks(n, anchor)
+        if anchor == "pairs" and pairs is None:
+            pairs = choose_pairs(n)
+        pairs = list(pairs or ()) if anchor == "pairs" else []
+        masks = _anchor_masks(n, anchor, pairs)
         logits = {} if logits is None else logits
         t0 = time.perf_counter()
         todo = [m for m in masks if m not in logits]
@@ -197,7 +272,8 @@ class LogitSurrogateGame(Game):
         known = {m: game.cache.peek(m) for m in masks if m in game.cache}
         out = cls(z_empty, stack([1 << i for i in range(n)]), logits[game.full_mask], y, metric, game.weights,
                   anchor, game.players, getattr(utility, "num_classes_", None), known,
-                  stack([game.full_mask ^ (1 << k) for k in range(n)]) if anchor == "loo" else None)
+                  stack([game.full_mask ^ (1 << k) for k in range(n)]) if anchor in ("loo", "pairs") else None,
+                  pairs, stack(pairs), pair_ridge)
         new = [(m, out._anchor_value(m)) for m in masks if m not in known]
         game.cache.record(new, seconds * len(new) / max(len(todo), 1))
         out.forward_seconds_ = time.perf_counter() - t0
@@ -206,8 +282,16 @@ class LogitSurrogateGame(Game):
     @property
     def anchor_masks(self) -> list[int]:
         """The real coalitions the surrogate is built from: empty, every singleton, ``N`` (and
-        every leave-one-out coalition for ``anchor="loo"``)."""
-        return _anchor_masks(self.n, self.anchor)
+        every leave-one-out coalition for ``anchor="loo"``, and the drawn pairs for ``"pairs"``)."""
+        return _anchor_masks(self.n, self.anchor, self.pairs)
+
+    def _features(self, coef: np.ndarray) -> np.ndarray:
+        """Curvature features of coefficient rows ``[K, n]``: ``c_i (1 - c_i)`` per client, and
+        ``2 c_i c_j`` per pair ``i < j`` for ``anchor="pairs"``."""
+        own = coef * (1 - coef)
+        if self.anchor != "pairs":
+            return own
+        return np.hstack([own, 2 * coef[:, self._pair_i] * coef[:, self._pair_j]])
 
     def _anchor_value(self, mask: int) -> float:
         mask = int(mask)
@@ -217,6 +301,8 @@ class LogitSurrogateGame(Game):
             return self.v_full
         if mask & (mask - 1) == 0:
             return float(self.v_clients[mask.bit_length() - 1])
+        if mask in self.v_pairs:
+            return self.v_pairs[mask]
         return float(self.v_loo[(self.full_mask ^ mask).bit_length() - 1])
 
     # scoring -----------------------------------------------------------------------------------
@@ -233,7 +319,7 @@ class LogitSurrogateGame(Game):
         return (per_class[:, self._present] / self._counts[self._present]).mean(1).cpu().numpy()
 
     def _alpha(self, c2: np.ndarray) -> np.ndarray:
-        if self.anchor == "loo":
+        if self.anchor in ("loo", "pairs"):
             return np.zeros_like(c2)  # the curvature is per client (``u``), added separately
         if self.anchor == "grand":
             return np.ones_like(c2)
@@ -244,15 +330,23 @@ class LogitSurrogateGame(Game):
     def _exact_rows(self, size: np.ndarray, member: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Replace the values of coalitions the construction is exact at by their real values."""
         out[size == 0] = self.v_empty
-        if self.anchor in ("clients", "both", "loo"):
+        if self.anchor in ("clients", "both", "loo", "pairs"):
             one = size == 1
             if one.any():
                 out[one] = self.v_clients[member[one].argmax(1)]
-        if self.anchor == "loo" and self.n > 1:
+        if self.anchor in ("loo", "pairs") and self.n > 1:
             loo = size == self.n - 1
             if loo.any():
                 out[loo] = self.v_loo[(~member[loo]).argmax(1)]
-        if self.anchor in ("grand", "both", "loo"):
+        if self.v_pairs:
+            two = np.nonzero(size == 2)[0]
+            if two.size:
+                i, j = np.nonzero(member[two])[1].reshape(-1, 2).T
+                for row, a, b in zip(two, i.tolist(), j.tolist()):
+                    m = (1 << a) | (1 << b)
+                    if m in self.v_pairs:
+                        out[row] = self.v_pairs[m]
+        if self.anchor in ("grand", "both", "loo", "pairs"):
             out[size == self.n] = self.v_full
         return out
 
@@ -263,6 +357,9 @@ class LogitSurrogateGame(Game):
         z = (c @ self.d.reshape(self.n, -1)).reshape(-1, *self.z0.shape)
         if self.u is not None:
             z = z + ((c * (1 - c)) @ self.u.reshape(self.n, -1)).reshape(-1, *self.z0.shape)
+        if self.e is not None and self.e.shape[0]:
+            q = 2 * c[:, self._pair_i] * c[:, self._pair_j]
+            z = z + (q @ self.e).reshape(-1, *self.z0.shape)
         return z + self.z0 + alpha[:, None, None] * self.r
 
     def values_of(self, member: np.ndarray) -> np.ndarray:
@@ -310,6 +407,14 @@ class LogitSurrogateGame(Game):
         if use_table and self._table is not None:
             masks = np.cumsum(np.left_shift(np.int64(1), perms), axis=1)
             vals = self._table[masks]
+            marg[rows[:, None], perms] = np.diff(vals, axis=1, prepend=self.v_empty)
+            return marg
+        if self.e is not None:
+            # Pair curvatures make a prefix's value quadratic in its members: score the prefixes.
+            member = np.zeros((b, n, n), dtype=bool)
+            member[rows[:, None], np.arange(n)[None], perms] = True
+            member = np.cumsum(member, axis=1, dtype=np.int8).astype(bool)
+            vals = self.values_of(member.reshape(b * n, n)).reshape(b, n)
             marg[rows[:, None], perms] = np.diff(vals, axis=1, prepend=self.v_empty)
             return marg
         step = max(1, _CHUNK_ELEMENTS // max(1, self.z0.numel()))
@@ -365,11 +470,11 @@ class LogitSurrogateGame(Game):
                         mean = torch.where(pos_t, mean, alt)
                 alpha = torch.as_tensor(self._alpha(c2), dtype=dt, device=dev)
                 v = self.scores(self.z0 + mean + alpha[:, None, None] * self.r)
-                if j == 0 and self.anchor in ("clients", "both", "loo"):
+                if j == 0 and self.anchor in ("clients", "both", "loo", "pairs"):
                     v = self.v_clients[i]
-                if j == n - 2 and self.anchor == "loo" and n > 1:
+                if j == n - 2 and self.anchor in ("loo", "pairs") and n > 1:
                     v = self.v_loo[perms[:, n - 1]]
-                if j == n - 1 and self.anchor in ("grand", "both", "loo"):
+                if j == n - 1 and self.anchor in ("grand", "both", "loo", "pairs"):
                     v = np.full(b, self.v_full)
                 marg[rows, i] = v - prev
                 prev = v
@@ -390,22 +495,35 @@ class LogitSurrogateGame(Game):
 _LOGIT_SURROGATES: "weakref.WeakKeyDictionary[Game, dict]" = weakref.WeakKeyDictionary()
 
 
-def logit_surrogate_for(game: Game, anchor: str = DEFAULT_LOGIT_ANCHOR) -> LogitSurrogateGame:
-    """The logit surrogate of ``game`` with this anchoring; the ``n + 2`` forwards are run once
-    per game and shared by every anchoring and evaluator. A :class:`LogitSurrogateGame` is its
-    own surrogate."""
+def _memo_key(anchor: str, pairs: Sequence[int] | None, pair_ridge: float):
+    return anchor if anchor != "pairs" else (anchor, tuple(pairs), float(pair_ridge))
+
+
+def logit_surrogate_for(game: Game, anchor: str = DEFAULT_LOGIT_ANCHOR, pairs: Sequence[int] | None = None,
+                        pair_ridge: float = DEFAULT_PAIR_RIDGE) -> LogitSurrogateGame:
+    """The logit surrogate of ``game`` with this anchoring (and, for ``"pairs"``, these pair
+    coalitions, default ``choose_pairs(n)``); every forward is run once per game and shared by
+    every anchoring and evaluator. A :class:`LogitSurrogateGame` is its own surrogate."""
     if isinstance(game, LogitSurrogateGame):
         return game
     _check_anchor(anchor)
+    if anchor == "pairs" and pairs is None:
+        pairs = choose_pairs(game.n)
     memo = _LOGIT_SURROGATES.setdefault(game, {})
-    if anchor not in memo:
-        memo[anchor] = LogitSurrogateGame.from_round_game(game, anchor, memo.setdefault("_logits", {}))
-    return memo[anchor]
+    key = _memo_key(anchor, pairs, pair_ridge)
+    if key not in memo:
+        memo[key] = LogitSurrogateGame.from_round_game(game, anchor, memo.setdefault("_logits", {}), pairs, pair_ridge)
+    return memo[key]
 
 
-def _logit_surrogate(ev, game: Game, req) -> LogitSurrogateGame:
-    """The evaluator's surrogate (given or shared), its anchor coalitions requested (counted)."""
-    sur = ev.surrogate if ev.surrogate is not None else logit_surrogate_for(game, ev.anchor)
+def _logit_surrogate(ev, game: Game, req, rng=None) -> LogitSurrogateGame:
+    """The evaluator's surrogate (given or shared), its anchor coalitions requested (counted);
+    ``anchor="pairs"`` draws its pairs with ``rng``."""
+    if ev.surrogate is not None:
+        sur = ev.surrogate
+    else:
+        pairs = choose_pairs(game.n, ev.n_pairs, rng) if ev.anchor == "pairs" else None
+        sur = logit_surrogate_for(game, ev.anchor, pairs, ev.pair_ridge)
     if sur.n != game.n:
         raise ValueError(f"the surrogate has {sur.n} players, the game {game.n}")
     req.values(sur.anchor_masks)
@@ -423,10 +541,16 @@ class LogitSurrogateShapley(Evaluator):
 
     Parameters
     ----------
-    anchor : {"grand", "clients", "both", "loo"}
+    anchor : {"grand", "clients", "both", "loo", "pairs"}
         Where the construction is exact: empty and ``N``; empty and singletons; all of them;
-        or all of them and the leave-one-out coalitions (``2n + 2`` real forwards, a curvature
-        per client).
+        all of them and the leave-one-out coalitions (``2n + 2`` real forwards, a curvature
+        per client); those and ``n_pairs`` random pair coalitions (``2n + 2 + n_pairs``, a
+        curvature per pair as well).
+    n_pairs : int, optional
+        Pair coalitions drawn (with the fit's seed) for ``anchor="pairs"``; default
+        ``3n - 1`` (:func:`default_n_pairs`), every pair when larger than ``n (n - 1) / 2``.
+    pair_ridge : float
+        Ridge on the pair curvatures (``anchor="pairs"``), see :class:`LogitSurrogateGame`.
     max_exact_players : int
         Largest ``n`` enumerated exactly (2^n mixed-logit evaluations).
     n_permutations : int
@@ -444,8 +568,11 @@ class LogitSurrogateShapley(Evaluator):
     """
 
     def __init__(self, anchor: str = DEFAULT_LOGIT_ANCHOR, max_exact_players: int = MAX_EXACT_LOGIT_PLAYERS,
-                 n_permutations: int = 1000, surrogate: LogitSurrogateGame | None = None):
+                 n_permutations: int = 1000, surrogate: LogitSurrogateGame | None = None,
+                 n_pairs: int | None = None, pair_ridge: float = DEFAULT_PAIR_RIDGE):
         self.anchor = anchor
+        self.n_pairs = n_pairs
+        self.pair_ridge = pair_ridge
         self.max_exact_players = max_exact_players
         self.n_permutations = n_permutations
         self.surrogate = surrogate
@@ -454,9 +581,12 @@ class LogitSurrogateShapley(Evaluator):
         _check_anchor(self.anchor)
         if game.n == 0:
             return np.zeros(0)
-        memo = _LOGIT_SURROGATES.get(game, {}) if self.surrogate is None else {}
-        shared = self.anchor in memo or (self.anchor != "loo" and bool(memo.get("_logits")))
-        sur = _logit_surrogate(self, game, req)
+
+        def n_forwards():
+            return len(_LOGIT_SURROGATES.get(game, {}).get("_logits", {}))
+        before = n_forwards()
+        sur = _logit_surrogate(self, game, req, rng)
+        shared = n_forwards() == before  # every forward was run before, by another evaluator
         values, self.exact_ = sur.shapley(self.max_exact_players, self.n_permutations, rng)
         self.surrogate_ = sur
         self.forward_seconds_ = 0.0 if shared or self.surrogate is not None else sur.forward_seconds_
