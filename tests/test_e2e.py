@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,17 +44,56 @@ def _values(obj):
     return obj
 
 
+#: the test that compares a plain `flwr run` with the fixture's run (see ``_runs``)
+PLAIN_TEST = "test_same_seed_gives_identical_rounds_via_plain_flwr_run"
+
+#: the honest arm of the fixture's run, as run-config keys instead of a plan
+PLAIN_OVERRIDES = ("name='tiny'; num_clients=3; attacker_ids=[0]; rounds=2; "
+                   "data.val_size=200; data.test_size=200; data.aux_size=300; data.pool_size=600; "
+                   "partition.min_partition_size=20; "
+                   "attribution.evaluators=[{name='individual'},{name='loo'},{name='shapley'}]; "
+                   "arms=[{name='honest',attack='honest'}]")
+
+
+def _plain_flwr_run(work: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """`flwr run .` as the README shows it, on a SuperLink of its own; return the process and its out-dir."""
+    out = work / "plain"
+    with simulation_superlink(work / "flwr_home", work / "superlink.log") as (conn, env):
+        cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(project_root()), conn,
+               "--run-config", f'set="{PLAIN_OVERRIDES}" out-dir="{out}"',
+               "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    return proc, out
+
+
 @pytest.fixture(scope="module")
-def attack_run(tmp_path_factory):
-    spec = dict(TINY, arms=[
-        {"name": "honest", "attack": "honest"},
-        {"name": "attack", "attack": "latent", "params": {
-            "synthetic_fraction": 0.25, "generator_epochs": 2, "teacher_epochs": 2, "steps": 5}},
-    ])
-    out = tmp_path_factory.mktemp("e2e") / "run"
-    events = []
-    results = run_scenario(scenario_from_dict(spec), out_dir=out, progress=events.append)
-    return results, events
+def _runs(request, tmp_path_factory):
+    """The module's two Flower runs, side by side: the plain `flwr run` of PLAIN_TEST (when that
+    test is selected) in a thread, and the attack run through ``run_scenario`` here. They are
+    independent (own SuperLink, tag, Ray instance and results directory) and a run's start-up is
+    mostly waiting, so together they take little longer than one."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    plain: Future | None = None
+    if any(item.nodeid.endswith("::" + PLAIN_TEST) for item in request.session.items):
+        plain = pool.submit(_plain_flwr_run, tmp_path_factory.mktemp("e2e_plain"))
+    try:
+        spec = dict(TINY, arms=[
+            {"name": "honest", "attack": "honest"},
+            {"name": "attack", "attack": "latent", "params": {
+                "synthetic_fraction": 0.25, "generator_epochs": 2, "teacher_epochs": 2, "steps": 5}},
+        ])
+        out = tmp_path_factory.mktemp("e2e") / "run"
+        events = []
+        results = run_scenario(scenario_from_dict(spec), out_dir=out, progress=events.append)
+        yield (results, events), plain
+    finally:
+        # the plain run (and its SuperLink) is over before the module is
+        pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def attack_run(_runs):
+    return _runs[0]
 
 
 def test_run_writes_every_result_file(attack_run):
@@ -89,20 +129,10 @@ def test_run_writes_every_result_file(attack_run):
     assert _tagged_pids(tag) == []  # no SuperLink, SuperExec, simulation or Ray process left
 
 
-def test_same_seed_gives_identical_rounds_via_plain_flwr_run(attack_run, tmp_path):
+def test_same_seed_gives_identical_rounds_via_plain_flwr_run(_runs, tmp_path):
     """`flwr run .` as the README shows it: run-config keys instead of a plan; same numbers."""
-    results, _ = attack_run
-    out = tmp_path / "plain"
-    overrides = ("name='tiny'; num_clients=3; attacker_ids=[0]; rounds=2; "
-                 "data.val_size=200; data.test_size=200; data.aux_size=300; data.pool_size=600; "
-                 "partition.min_partition_size=20; "
-                 "attribution.evaluators=[{name='individual'},{name='loo'},{name='shapley'}]; "
-                 "arms=[{name='honest',attack='honest'}]")
-    with simulation_superlink(tmp_path / "flwr_home", tmp_path / "superlink.log") as (conn, env):
-        cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(project_root()), conn,
-               "--run-config", f'set="{overrides}" out-dir="{out}"',
-               "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    (results, _), plain_run = _runs
+    proc, out = plain_run.result(timeout=600) if plain_run is not None else _plain_flwr_run(tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     plain = read_jsonl(out / "jobs" / "honest__s0" / "rounds.jsonl")
     first = read_jsonl(results / "jobs" / "honest__s0" / "rounds.jsonl")

@@ -332,32 +332,45 @@ def test_sigkill_mid_run_leaves_nothing_and_a_rerun_matches_an_uninterrupted_run
     scenario = tmp_path / "faults.toml"
     scenario.write_text(TINY)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
+    # The uninterrupted reference run is independent of the other runs (its own directory, tag,
+    # SuperLink and Ray instance), so it runs alongside them rather than before them: a run's
+    # start-up is mostly waiting, and the test pays for two runs' start-up in a row instead of three.
     ref = _cli(["run", str(scenario), "--out", str(reference), "--no-report"])
-    assert ref.wait(timeout=600) == 0, ref.stderr.read()
-
     first = _cli(["run", str(scenario), "--out", str(killed), "--no-report"])
-    # wait for the first round record of the interrupted run
-    assert _wait(lambda: any(p.stat().st_size for p in killed.glob("jobs/*/rounds.jsonl")), 400)
-    holder = json.loads((killed / LOCK_NAME).read_text())
-    tag = holder["tag"]
-    assert holder["pid"] == first.pid and tagged_pids(tag)
-    # Freeze the run's Flower processes (not the CLI) so that it is still mid-run, however slow
-    # the machine, while a second run starts; SIGKILL ends stopped processes all the same.
-    family = sorted(set(_family(first.pid) + tagged_pids(tag)) - {first.pid})
-    for pid in tagged_pids(tag):
-        os.kill(pid, signal.SIGSTOP)
-    # a second run into the same directory, while the first runs: refused, naming the holder
-    second = _cli(["run", str(scenario), "--out", str(killed), "--no-report"])
-    assert second.wait(timeout=300) == 2
-    err = second.stderr.read()
-    assert f"PID {first.pid}" in err and "in use by another fedattr run" in err
-    assert not all(job_state(j).status == "finished" for j in killed.glob("jobs/*"))  # mid-run
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert _wait(lambda: not any(_alive(p) for p in family), 60), [p for p in family if _alive(p)]
-    assert tagged_pids(tag) == []
+    launched = [ref, first]
+    try:
+        # wait for the first round record of the interrupted run
+        assert _wait(lambda: any(p.stat().st_size for p in killed.glob("jobs/*/rounds.jsonl")), 400)
+        holder = json.loads((killed / LOCK_NAME).read_text())
+        tag = holder["tag"]
+        assert holder["pid"] == first.pid and tagged_pids(tag)
+        # Freeze the run's Flower processes (not the CLI) so that it is still mid-run, however slow
+        # the machine, while a second run starts; SIGKILL ends stopped processes all the same.
+        family = sorted(set(_family(first.pid) + tagged_pids(tag)) - {first.pid})
+        for pid in tagged_pids(tag):
+            os.kill(pid, signal.SIGSTOP)
+        # a second run into the same directory, while the first runs: refused, naming the holder
+        second = _cli(["run", str(scenario), "--out", str(killed), "--no-report"])
+        assert second.wait(timeout=300) == 2
+        err = second.stderr.read()
+        assert f"PID {first.pid}" in err and "in use by another fedattr run" in err
+        assert not all(job_state(j).status == "finished" for j in killed.glob("jobs/*"))  # mid-run
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert _wait(lambda: not any(_alive(p) for p in family), 60), [p for p in family if _alive(p)]
+        assert tagged_pids(tag) == []
 
-    again = _cli(["run", str(scenario), "--out", str(killed), "--no-report"])
-    assert again.wait(timeout=600) == 0, again.stderr.read()
+        again = _cli(["run", str(scenario), "--out", str(killed), "--no-report"])
+        launched.append(again)
+        _, again_err = again.communicate(timeout=600)
+        assert again.returncode == 0, again_err
+        _, ref_err = ref.communicate(timeout=600)
+        assert ref.returncode == 0, ref_err
+    finally:
+        # only on a failure above: SIGTERM lets the launcher end its Flower processes itself
+        for proc in launched:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=120)
     assert _values(killed) == _values(reference)
     assert all(job_state(j).status == "finished" for j in killed.glob("jobs/*"))
