@@ -5,7 +5,8 @@ rounds of the small CNN on mnist5k (Dirichlet(0.5) partitions, one local epoch, 
 
 1. accuracy: per n in --error-sizes, arm (honest; ``attack``: client 0 trains on extra public
    images on top of its own) and round, the relative L1 error against exact Shapley of the
-   Taylor surrogate alone, of the logit surrogate alone (each anchoring: grand, clients, both)
+   Taylor surrogate alone, of the logit surrogate alone (each anchoring: grand, clients, both,
+   loo, and pairs: mean and worst over the seeds, which draw its pair coalitions)
    and of control-variate (CV) Shapley on the logit surrogate at its default stopping rule, and
    the real utility evaluations CV (logit and Taylor surrogate), GTG and TMC need to reach 5%
    error (mean over seeds, budget grid; --reach picks which); for the accuracy utility and for
@@ -49,9 +50,10 @@ from fedattr.training import train_local  # noqa: E402
 
 BUDGETS = [12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096]
 METRICS = ("accuracy", "neg_ce")
-ANCHORS = ("grand", "clients", "both", "loo")
+ANCHORS = ("grand", "clients", "both", "loo", "pairs")
 REACH = ("cv_logit", "cv_taylor", "gtg", "tmc")
-SCALE_EVALUATORS = ("gtg", "tmc", "surrogate_shapley", "cv_shapley", "logit_surrogate_shapley", "logit_both")
+SCALE_EVALUATORS = ("gtg", "tmc", "surrogate_shapley", "cv_shapley", "logit_surrogate_shapley", "logit_both",
+                    "logit_pairs")
 
 
 # ------------------------------------------------------------------------------- real rounds
@@ -154,9 +156,13 @@ def accuracy_study(n, arm, rounds, seed, val_size, seeds, reach=REACH, taylor=Tr
                 sur = make_evaluator("surrogate_shapley").fit(game)
                 row["surrogate_err"], row["taylor_s"] = rel_l1(sur.values_, exact), sur.taylor_seconds_
             for anchor in ANCHORS:
-                lsur = make_evaluator("logit_surrogate_shapley", anchor=anchor).fit(game)
-                row[f"logit_{anchor}_err"] = rel_l1(lsur.values_, exact)
-                row["logit_s"] = max(row.get("logit_s", 0.0), lsur.seconds_)
+                errs = []
+                for s in (seeds if anchor == "pairs" else seeds[:1]):  # only "pairs" is random
+                    lsur = make_evaluator("logit_surrogate_shapley", anchor=anchor).fit(game, seed=s)
+                    errs.append(rel_l1(lsur.values_, exact))
+                    row["logit_s"] = max(row.get("logit_s", 0.0), lsur.seconds_)
+                row[f"logit_{anchor}_err"], row[f"logit_{anchor}_worst"] = float(np.mean(errs)), float(np.max(errs))
+                row[f"logit_{anchor}_evals"] = lsur.n_evaluations_
             cv_errs, cv_evals = [], []
             for s in seeds:
                 cv = make_evaluator("cv_shapley", surrogate_kind="logit").fit(game, seed=s)
@@ -183,13 +189,14 @@ def _fmt_row(r):
         return f"{'-':>{w}} " if x is None else f"{100 * x:>{w}.1f}%"
     return (f"{r['n']:>3} {r['arm']:<7}{r['round']:>3} {r['metric']:<9}{r['gain']:>+8.4f}{r['update_norm']:>7.2f}"
             f"{pct(r['surrogate_err'])}" + "".join(pct(r[f"logit_{a}_err"], 7) for a in ANCHORS)
+            + f"{pct(r['logit_pairs_worst'], 7)}{r['logit_pairs_evals']:>5}"
             + f"{pct(r['cv_default_err'], 7)}{r['cv_default_evals']:>6.0f}"
             + "".join(ev(name) for name in REACH) + f"{1 << r['n']:>7}"
             + ("       -" if r["taylor_s"] is None else f"{r['taylor_s']:>8.2f}") + f"{r['logit_s']:>8.2f}{r['table_s']:>8.1f}")
 
 
 ACC_HEADER = (f"{'n':>3} {'arm':<7}{'rnd':>3} {'metric':<9}{'gain':>8}{'|g|':>7}{'taylor':>9}"
-              + "".join(f"{'L-' + a[:5]:>8}" for a in ANCHORS) + f"{'cvL err':>8}{'cvL ev':>6}"
+              + "".join(f"{'L-' + a[:5]:>8}" for a in ANCHORS) + f"{'L-p max':>8}{'ev':>5}" + f"{'cvL err':>8}{'cvL ev':>6}"
               + f"{'cvL 5%':>8}{'cvT 5%':>8}{'gtg 5%':>8}{'tmc 5%':>8}{'exact':>7}{'taylor s':>8}{'logit s':>8}"
               f"{'exact s':>8}")
 
@@ -208,6 +215,7 @@ def scaling_study(n, seed, val_size, cap, evaluators=SCALE_EVALUATORS):
         "cv_shapley": {"stop": make_evaluator("cv_shapley")._default_stop() | MaxTime(cap)},
         "logit_surrogate_shapley": {},  # default anchor "loo": 2n + 2 forwards
         "logit_both": {"anchor": "both"},  # n + 2 forwards
+        "logit_pairs": {"anchor": "pairs"},  # 2n + 2 + (3n - 1) forwards
     }
     for name in SCALE_EVALUATORS:
         if name not in evaluators:
@@ -216,12 +224,12 @@ def scaling_study(n, seed, val_size, cap, evaluators=SCALE_EVALUATORS):
         params = specs[name]
         util = ModelUtility(model, x_val, y_val, metric="accuracy")
         game = RoundGame.from_state_dicts(util, gstate, states, weights=weights)
-        ev = make_evaluator("logit_surrogate_shapley" if name == "logit_both" else name, **params).fit(game, seed=seed)
+        ev = make_evaluator("logit_surrogate_shapley" if name.startswith("logit_") else name, **params).fit(game, seed=seed)
         row[name] = {"s": ev.seconds_, "evals": ev.n_evaluations_, "capped": "stop" in params and ev.seconds_ >= cap}
         if name == "surrogate_shapley":
             row[name]["taylor_s"] = ev.taylor_seconds_
             row[name]["exact"] = ev.exact_
-        if name in ("logit_surrogate_shapley", "logit_both"):
+        if name in ("logit_surrogate_shapley", "logit_both", "logit_pairs"):
             row[name]["forward_s"] = ev.forward_seconds_
             row[name]["exact"] = ev.exact_
 
@@ -234,12 +242,13 @@ def scaling_study(n, seed, val_size, cap, evaluators=SCALE_EVALUATORS):
     lg = row["logit_surrogate_shapley"]
     extra = f"{'-':>9}{'-':>6}" if lg is None else f"{lg['forward_s']:>9.1f}{'exact' if lg['exact'] else 'perm':>6}"
     print(f"{n:>4}{train_s:>9.1f}" + "".join(cell(k) for k in SCALE_EVALUATORS) + extra
-          + ratio("surrogate_shapley") + ratio("logit_surrogate_shapley") + ratio("logit_both"), flush=True)
+          + ratio("surrogate_shapley") + ratio("logit_surrogate_shapley") + ratio("logit_both") + ratio("logit_pairs"),
+          flush=True)
     return row
 
 
-SCALE_HEADER = (f"{'n':>4}{'train s':>9}" + "".join(f"{k + ' s':>10}{'evals':>6}" for k in ("gtg", "tmc", "sur", "cv", "L-loo", "L-both"))
-                + f"{'fwd s':>9}{'enum':>6}{'sur/train':>10}{'L-loo/tr':>10}{'L-both/tr':>10}")
+SCALE_HEADER = (f"{'n':>4}{'train s':>9}" + "".join(f"{k + ' s':>10}{'evals':>6}" for k in ("gtg", "tmc", "sur", "cv", "L-loo", "L-both", "L-pairs"))
+                + f"{'fwd s':>9}{'enum':>6}{'sur/train':>10}{'L-loo/tr':>10}{'L-both/tr':>10}{'L-pair/tr':>10}")
 
 
 # ------------------------------------------------------------------------------- main

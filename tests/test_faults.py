@@ -108,7 +108,8 @@ def test_sigkill_of_the_launcher_ends_its_processes_through_the_watchdog(tmp_pat
     holder = _holder(tmp_path, "spawn")
     tag = holder.stdout.readline().strip()
     child = int(holder.stdout.readline())
-    assert _alive(child) and child in tagged_pids(tag)
+    # /proc/<pid>/environ can read empty while the child is still being exec'd: wait for the tag
+    assert _alive(child) and _wait(lambda: child in tagged_pids(tag))
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert _wait(lambda: not _alive(child)), "the watchdog did not end the orphan"

@@ -9,7 +9,13 @@ import numpy as np
 from .base import BudgetExhausted, MonteCarloEvaluator, _RunningStats, register
 from .sampling import walk_permutations
 from .stopping import EstimatorState, MaxPermutations, RelativeChange, StoppingRule
-from .logit_surrogate import DEFAULT_LOGIT_ANCHOR, DEFAULT_PAIR_RIDGE, LogitSurrogateGame, _check_anchor, _logit_surrogate
+from .logit_surrogate import (
+    DEFAULT_LOGIT_ANCHOR,
+    DEFAULT_PAIR_RIDGE,
+    LogitSurrogateGame,
+    _check_anchor,
+    _logit_surrogate,
+)
 from .surrogate import MAX_EXACT_SURROGATE_PLAYERS, SurrogateGame, _calibrated_surrogate
 
 __all__ = ["ControlVariateShapley", "SURROGATE_KINDS"]

@@ -181,7 +181,9 @@ class LogitSurrogateGame(Game):
                 member = np.vstack([member, masks_to_matrix(self.pairs, n)])
             c_fit = fedavg_coefficients(member, self.weights)
             lin = self.z0.reshape(1, -1) + torch.as_tensor(c_fit, dtype=dtype, device=device) @ self.d.reshape(n, -1)
-            z_fit = z_loo.reshape(n, -1) if not self.pairs else torch.cat([z_loo.reshape(n, -1), z_pairs.reshape(len(self.pairs), -1)])
+            z_fit = z_loo.reshape(n, -1)
+            if self.pairs:
+                z_fit = torch.cat([z_fit, z_pairs.reshape(len(self.pairs), -1)])
             resid = torch.cat([self.r.reshape(1, -1), z_fit - lin]).to(torch.float64)
             a = self._features(np.vstack([self.p, c_fit]))
             if self.anchor == "loo":

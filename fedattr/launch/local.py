@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -94,10 +95,13 @@ class LocalDeployment:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        # Reverse order: SuperExecs and SuperNodes before the SuperLink they talk to.
-        for m in reversed(getattr(self, "members_", [])):
-            if m.proc is not None:
-                end_process_group(m.proc)
+        # SuperExecs and SuperNodes first (all at once: each may take seconds to stop), then the
+        # SuperLink they talk to.
+        members = [m for m in getattr(self, "members_", []) if m.proc is not None]
+        for group in ([m for m in members if m.kind != "superlink"], [m for m in members if m.kind == "superlink"]):
+            if group:
+                with ThreadPoolExecutor(max_workers=len(group)) as pool:
+                    list(pool.map(lambda m: end_process_group(m.proc), group))
         if hasattr(self, "tag_"):
             end_tagged_processes(self.tag_)
         for m in getattr(self, "members_", []):
@@ -294,6 +298,8 @@ def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[st
                         break
                     if stream_ended and done == len(jobs):
                         break
+            # Rounds written while the last status was being read are reported too.
+            follower.tick()
         finally:
             end_process_group(proc)
     return status, follower
