@@ -136,7 +136,7 @@ def evals_to_reach(game, exact, name, n, seeds, target=0.05):
     return None, curve
 
 
-def accuracy_study(n, arm, rounds, seed, val_size, seeds, reach=REACH, taylor=True):
+def accuracy_study(n, arm, rounds, seed, val_size, seeds, reach=REACH, taylor=True, pairs_grid=()):
     rows = []
     x_val, y_val = splits_val(seed, val_size)
     for r, model, gstate, states, weights, train_s in fedavg_rounds(n, rounds, seed, val_size, attack=arm == "attack"):
@@ -163,6 +163,13 @@ def accuracy_study(n, arm, rounds, seed, val_size, seeds, reach=REACH, taylor=Tr
                     row["logit_s"] = max(row.get("logit_s", 0.0), lsur.seconds_)
                 row[f"logit_{anchor}_err"], row[f"logit_{anchor}_worst"] = float(np.mean(errs)), float(np.max(errs))
                 row[f"logit_{anchor}_evals"] = lsur.n_evaluations_
+            # The pairs anchoring's two settings: pairs drawn x ridge (mean and worst over seeds).
+            row["pairs_grid"] = []
+            for k, ridge in pairs_grid:
+                errs = [rel_l1(make_evaluator("logit_surrogate_shapley", anchor="pairs", n_pairs=k, pair_ridge=ridge)
+                               .fit(game, seed=s).values_, exact) for s in seeds]
+                row["pairs_grid"].append({"n_pairs": k, "ridge": ridge, "evals": 2 * n + 2 + min(k, n * (n - 1) // 2),
+                                          "mean": float(np.mean(errs)), "worst": float(np.max(errs))})
             cv_errs, cv_evals = [], []
             for s in seeds:
                 cv = make_evaluator("cv_shapley", surrogate_kind="logit").fit(game, seed=s)
@@ -175,6 +182,9 @@ def accuracy_study(n, arm, rounds, seed, val_size, seeds, reach=REACH, taylor=Tr
             row["reach"] = list(reach)
             rows.append(row)
             print(_fmt_row(row), flush=True)
+            for g in row["pairs_grid"]:
+                print(f"      pairs n_pairs={g['n_pairs']:<3} ridge={g['ridge']:<6g} ({g['evals']} evals): "
+                      f"mean {100 * g['mean']:.1f}%, worst {100 * g['worst']:.1f}%", flush=True)
     return rows
 
 
@@ -268,6 +278,9 @@ def main(argv=None):
     ap.add_argument("--reach", nargs="*", default=list(REACH), choices=REACH,
                     help="estimators whose evaluations to 5%% are searched on the budget grid (default all)")
     ap.add_argument("--no-taylor", action="store_true", help="skip the Taylor surrogate in the error study")
+    ap.add_argument("--pairs-grid", type=int, nargs="*", default=[],
+                    help="n_pairs values for the pairs anchoring's grid in the error study (with --ridge-grid)")
+    ap.add_argument("--ridge-grid", type=float, nargs="*", default=[0.01], help="pair_ridge values (default 0.01)")
     ap.add_argument("--scale-evaluators", nargs="+", default=list(SCALE_EVALUATORS), choices=SCALE_EVALUATORS,
                     help="evaluators timed in the scaling table (default all)")
     ap.add_argument("--seed", type=int, default=0)
@@ -291,8 +304,9 @@ def main(argv=None):
         print(ACC_HEADER)
         for n in err_sizes:
             for arm in args.arms:
+                grid = [(k, r) for k in args.pairs_grid for r in args.ridge_grid]
                 results["errors"] += accuracy_study(n, arm, rounds, args.seed, args.val_size, seeds, args.reach,
-                                                    not args.no_taylor)
+                                                    not args.no_taylor, grid)
     if scale_sizes:
         print(f"\n## seconds per round (accuracy utility, fresh cache each; * = stopped by the {cap:.0f} s cap)")
         print(SCALE_HEADER)

@@ -8,7 +8,7 @@ from benchmarks.scaling import main
 def test_scaling_benchmark_tiny(tmp_path, capsys):
     out = tmp_path / "scaling.json"
     res = main(["--error-sizes", "4", "--scale-sizes", "4", "--rounds", "1", "--seeds", "2", "--arms", "honest",
-                "--reach", "--no-taylor", "--val-size", "60", "--cap", "5", "--threads", "1",
+                "--reach", "--no-taylor", "--val-size", "60", "--pairs-grid", "0", "6", "--ridge-grid", "0.01", "--cap", "5", "--threads", "1",
                 "--scale-evaluators", "logit_surrogate_shapley", "logit_pairs", "--json", str(out)])
     assert out.exists()
     rows = res["errors"]
@@ -20,6 +20,9 @@ def test_scaling_benchmark_tiny(tmp_path, capsys):
         assert r["logit_loo_evals"] == 10
         assert r["logit_grand_err"] > 0.0  # the game is not logit-linear
         assert r["cv_default_evals"] >= 10
+        grid = {g["n_pairs"]: g for g in r["pairs_grid"]}
+        assert grid[6]["evals"] == 16 and grid[6]["mean"] == 0.0  # every coalition an anchor
+        assert grid[0]["evals"] == 10 and grid[0]["mean"] > 0.0
     scale = res["scaling"][0]
     assert scale["n"] == 4 and scale["logit_pairs"]["evals"] == 16 and scale["logit_surrogate_shapley"]["evals"] == 10
     assert scale["gtg"] is None and scale["train_s"] > 0
