@@ -163,7 +163,9 @@ class LogitSurrogateGame(Game):
         p = torch.as_tensor(self.p, dtype=dtype, device=device)
         self.r = z_full - self.z0 - (p @ self.d.reshape(n, -1)).reshape(v, c) if n else torch.zeros_like(self.z0)
         self._pp = float(self.p @ self.p)
-        self.u = self.e = None
+        # Curvature coefficients ``[features, V * C]`` of ``_features`` (``loo``/``pairs``):
+        # ``u`` (per client) is its first ``n`` rows, ``e`` (per pair, ``pairs`` only) the rest.
+        self._curv = self.u = self.e = None
         self.pairs = [int(m) for m in pairs] if self.anchor == "pairs" else []
         self._pair_i, self._pair_j = np.triu_indices(n, 1)
         if self.anchor in ("loo", "pairs"):
@@ -199,9 +201,10 @@ class LogitSurrogateGame(Game):
                     pen[n:] = float(pair_ridge) * np.diag(gram)[n:].mean()
                 coef = np.linalg.pinv(gram + np.diag(pen)) @ a.T
             beta = torch.as_tensor(coef, dtype=torch.float64, device=device) @ resid
-            self.u = beta[:n].to(dtype).reshape(n, v, c)
+            self._curv = beta.to(dtype)
+            self.u = self._curv[:n].reshape(n, v, c)
             if self.anchor == "pairs":
-                self.e = beta[n:].to(dtype).reshape(-1, v * c)
+                self.e = self._curv[n:]
         counts = torch.bincount(self.y, minlength=self.num_classes).to(torch.float64)
         self._present = counts > 0
         self._counts = counts
@@ -357,11 +360,9 @@ class LogitSurrogateGame(Game):
         c = torch.as_tensor(coef, dtype=self.d.dtype, device=self.d.device)
         alpha = torch.as_tensor(self._alpha(c2), dtype=self.d.dtype, device=self.d.device)
         z = (c @ self.d.reshape(self.n, -1)).reshape(-1, *self.z0.shape)
-        if self.u is not None:
-            z = z + ((c * (1 - c)) @ self.u.reshape(self.n, -1)).reshape(-1, *self.z0.shape)
-        if self.e is not None and self.e.shape[0]:
-            q = 2 * c[:, self._pair_i] * c[:, self._pair_j]
-            z = z + (q @ self.e).reshape(-1, *self.z0.shape)
+        if self._curv is not None:
+            f = torch.as_tensor(self._features(coef), dtype=self.d.dtype, device=self.d.device)
+            z = z + (f @ self._curv).reshape(-1, *self.z0.shape)
         return z + self.z0 + alpha[:, None, None] * self.r
 
     def values_of(self, member: np.ndarray) -> np.ndarray:
@@ -472,11 +473,11 @@ class LogitSurrogateGame(Game):
                         mean = torch.where(pos_t, mean, alt)
                 alpha = torch.as_tensor(self._alpha(c2), dtype=dt, device=dev)
                 v = self.scores(self.z0 + mean + alpha[:, None, None] * self.r)
-                if j == 0 and self.anchor in ("clients", "both", "loo", "pairs"):
+                if j == 0 and self.anchor in ("clients", "both", "loo"):
                     v = self.v_clients[i]
-                if j == n - 2 and self.anchor in ("loo", "pairs") and n > 1:
+                if j == n - 2 and self.anchor == "loo" and n > 1:
                     v = self.v_loo[perms[:, n - 1]]
-                if j == n - 1 and self.anchor in ("grand", "both", "loo", "pairs"):
+                if j == n - 1 and self.anchor in ("grand", "both", "loo"):
                     v = np.full(b, self.v_full)
                 marg[rows, i] = v - prev
                 prev = v
