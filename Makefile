@@ -26,7 +26,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	@start=$$(date +%s); \
 	$(BIN)/fedattr run scenarios/demo.toml --out results/demo && \
-	$(BIN)/python -m fedattr.stats results/demo && \
+	$(BIN)/python -m fedattr.report.claim_stats results/demo && \
 	echo "make demo: $$(( $$(date +%s) - start )) s wall on this machine (matmul rate above)"
 
 test: $(STAMP)

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = None
     if results is None:
         results = [args.out or Path("results") / "defenses_claim"]
-        cmd = [sys.executable, "-m", "fedattr.cli", "run", str(args.scenario), "--out", str(results[0]), "--no-report"]
+        cmd = [sys.executable, "-m", "fedattr.cli.app", "run", str(args.scenario), "--out", str(results[0]), "--no-report"]
         for o in args.overrides:
             cmd += ["--set", o]
         t0 = time.perf_counter()
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         if rc not in (0, 1):  # 1: some job failed; the others still make a table
             return rc
-    from fedattr.errors import UserError
+    from fedattr.core.errors import UserError
 
     try:
         res = merge_results([load_results(r) for r in results])

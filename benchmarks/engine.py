@@ -38,7 +38,7 @@ import torch
 from benchmarks.evaluators import matmul_gflops, model_flops
 from fedattr.evaluators import ModelUtility, RoundGame, StateLayout
 from fedattr.launch.processes import FLWR_ENV
-from fedattr.models import VGG11, SmallCNN
+from fedattr.learning.models import VGG11, SmallCNN
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("naive", "loop", "stacked")
@@ -49,7 +49,7 @@ def flops_per_image(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def mnist_validation(n: int):
-    from fedattr.data import load_splits
+    from fedattr.learning.data import load_splits
 
     splits = load_splits("mnist5k", val_size=n)
     return splits.x_val, splits.y_val
@@ -105,7 +105,7 @@ def flower_figure(n_val: int, out: Path) -> dict:
     """Run the Flower scenario and read the coalition engine's work from its round records."""
     env = {**os.environ, **FLWR_ENV}
     env.setdefault("FLWR_HOME", str(ROOT / ".flwr_home"))
-    cmd = [sys.executable, "-m", "fedattr.cli", "run", str(ROOT / "scenarios" / "engine_flower.toml"),
+    cmd = [sys.executable, "-m", "fedattr.cli.app", "run", str(ROOT / "scenarios" / "engine_flower.toml"),
            "--out", str(out), "--no-report", "--set", f"data.val_size={n_val}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -28,8 +28,8 @@ if __package__ in (None, ""):
 
 from benchmarks.evaluators import model_flops, rel_l1  # noqa: E402
 from fedattr.evaluators import ModelUtility, RoundGame, make_evaluator, semivalue_from_table, shapley_weights  # noqa: E402
-from fedattr.models import build_model  # noqa: E402
-from fedattr.training import train_local  # noqa: E402
+from fedattr.learning.models import build_model  # noqa: E402
+from fedattr.learning.training import train_local  # noqa: E402
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -86,7 +86,7 @@ def make_round(name, n, n_val, device, seed=0):
     """A trained-for-one-round model, its clients' states and a validation set."""
     g = torch.Generator().manual_seed(seed)
     if name == "cnn":
-        from fedattr.data import load_splits
+        from fedattr.learning.data import load_splits
 
         s = load_splits("mnist5k", val_size=n_val, test_size=500, aux_size=100, split_seed=seed)
         x_val, y_val, x_tr, y_tr = s.x_val, s.y_val, s.x_pool, s.y_pool

@@ -35,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.evaluators import _SpendBudget, rel_l1  # noqa: E402
-from fedattr.data import client_partition, load_splits  # noqa: E402
+from fedattr.learning.data import client_partition, load_splits  # noqa: E402
 from fedattr.evaluators import (  # noqa: E402
     MaxPermutations,
     MaxTime,
@@ -45,8 +45,8 @@ from fedattr.evaluators import (  # noqa: E402
     semivalue_from_table,
     shapley_weights,
 )
-from fedattr.models import build_model  # noqa: E402
-from fedattr.training import train_local  # noqa: E402
+from fedattr.learning.models import build_model  # noqa: E402
+from fedattr.learning.training import train_local  # noqa: E402
 
 BUDGETS = [12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096]
 METRICS = ("accuracy", "neg_ce")

@@ -15,9 +15,9 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, RecordDict
 
 from fedattr.attacks import AttackContext, make_attack, run_attacker_round
-from fedattr.data import label_histogram
+from fedattr.learning.data import label_histogram
 from fedattr.protocol import NodeSettings, make_reply
-from fedattr.task import Job
+from fedattr.learning.task import Job
 
 # Per (job, partition) attacker state across rounds of one job (teacher, generator, ...). It is a
 # cache: losing it (a fresh process) costs recomputation, never a different result.

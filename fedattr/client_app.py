@@ -16,11 +16,11 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedattr.attacker_app import attacker_train
-from fedattr.data import label_histogram
-from fedattr.models import resolve_device
+from fedattr.learning.data import label_histogram
+from fedattr.learning.models import resolve_device
 from fedattr.protocol import ARRAYS, JobSpec, NodeSettings, make_reply
-from fedattr.task import Job
-from fedattr.training import train_local
+from fedattr.learning.task import Job
+from fedattr.learning.training import train_local
 
 app = ClientApp()
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedattr.scenario import AggregationSpec, AttributionSpec, DataSpec, DetectorSpec, PartitionSpec, TrainSpec
+from fedattr.scenario.schema import AggregationSpec, AttributionSpec, DataSpec, DetectorSpec, PartitionSpec, TrainSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from flwr.app import RecordDict

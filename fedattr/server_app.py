@@ -23,14 +23,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedattr.attribution import RoundScorer
-from fedattr.models import resolve_device
-from fedattr.plan import default_results_dir, read_plan, scenario_jobs, write_plan
+from fedattr.strategies.scoring import RoundScorer
+from fedattr.learning.models import resolve_device
+from fedattr.scenario.plan import default_results_dir, read_plan, scenario_jobs, write_plan
 from fedattr.protocol import JobSummary, Plan, PlanEntry
-from fedattr.results import JobRecorder, atomic_write_json
+from fedattr.results.store import JobRecorder, atomic_write_json
 from fedattr.strategies import AttributedStrategy, DetectorStep, build_aggregator
-from fedattr.task import Job
-from fedattr.training import evaluate, seed_everything
+from fedattr.learning.task import Job
+from fedattr.learning.training import evaluate, seed_everything
 
 app = ServerApp()
 
@@ -39,7 +39,7 @@ ROOT_SET_SIZE = 100
 
 
 def _plan_from_run_config(run_config: dict[str, Any]) -> Plan:
-    from fedattr.scenario import apply_overrides, load_scenario, scenario_from_dict
+    from fedattr.scenario.schema import apply_overrides, load_scenario, scenario_from_dict
 
     path = str(run_config.get("scenario", "") or "")
     overrides = [s.strip() for s in str(run_config.get("set", "") or "").split(";") if s.strip()]

@@ -13,6 +13,6 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def splits():
-    from fedattr.data import load_splits
+    from fedattr.learning.data import load_splits
 
     return load_splits("mnist5k", None, 500, 500, 300)

@@ -15,10 +15,10 @@ from fedattr.attacks import (
     attack_params, load_generator, make_attack, run_attacker_round, train_generator,
 )
 from fedattr.attacks._util import flat_update
-from fedattr.data import load_splits
-from fedattr.errors import UserError
-from fedattr.models import build_model
-from fedattr.training import train_local
+from fedattr.learning.data import load_splits
+from fedattr.core.errors import UserError
+from fedattr.learning.models import build_model
+from fedattr.learning.training import train_local
 
 UNSEEN = [7, 8, 9]  # classes the "benign federation" of these tests never trains on
 TRAIN = {"epochs": 1, "batch_size": 32, "lr": 0.05}

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedattr.cli import app
-from fedattr.errors import UserError
-from fedattr.scenario import Scenario, load_scenario
+from fedattr.cli.app import app
+from fedattr.core.errors import UserError
+from fedattr.scenario.schema import Scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scenarios" / "demo.toml"
@@ -151,11 +151,11 @@ def test_scenario_check_unknown_registry_name(cli, fake_runner):
 
 
 def test_scenario_check_survives_a_broken_registry(cli, monkeypatch):
-    import fedattr.components
+    import fedattr.scenario.components
 
     def broken(scenario):
         raise ImportError("fedattr.attacks is not ready")
-    monkeypatch.setattr(fedattr.components, "check_components", broken)
+    monkeypatch.setattr(fedattr.scenario.components, "check_components", broken)
     result = cli.invoke(app, ["scenario", "check", str(DEMO)])
     assert result.exit_code == 0
     assert "names not checked" in result.stderr

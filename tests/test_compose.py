@@ -18,8 +18,8 @@ import yaml
 
 from fedattr.launch.compose import compose_text, service_names, tls_text
 from fedattr.launch.processes import FLWR_ENV, free_port, project_root
-from fedattr.results import read_jsonl
-from fedattr.scenario import load_scenario
+from fedattr.results.store import read_jsonl
+from fedattr.scenario.schema import load_scenario
 
 REPO = project_root()
 TEST_OVERRIDE = REPO / "tests" / "compose" / "docker-compose.test.yml"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedattr.data import client_partition, label_histogram, load_splits, partition_indices
-from fedattr.errors import DatasetUnavailableError, UserError
+from fedattr.learning.data import client_partition, label_histogram, load_splits, partition_indices
+from fedattr.core.errors import DatasetUnavailableError, UserError
 
 
 def _hashes(x: torch.Tensor) -> set[str]:
@@ -119,7 +119,7 @@ def test_withholding_with_no_attacker_share_leaves_the_classes_unused(splits):
 
 
 def test_partition_from_spec_and_withhold_count(splits):
-    from fedattr.data import benign_lacking, partition_from_spec, withheld_classes
+    from fedattr.learning.data import benign_lacking, partition_from_spec, withheld_classes
 
     spec = {"kind": "dirichlet", "alpha": 0.5, "classes_per_client": 2, "min_partition_size": 10,
             "withhold_count": 2, "attacker_share": 0.0}
@@ -135,7 +135,7 @@ def test_partition_from_spec_and_withhold_count(splits):
 
 
 def test_bad_withholding_is_a_user_error(splits):
-    from fedattr.data import withheld_classes
+    from fedattr.learning.data import withheld_classes
 
     with pytest.raises(UserError):
         withheld_classes(10, (10,))

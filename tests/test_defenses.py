@@ -11,7 +11,7 @@ from fedattr.defenses import DETECTORS, DetectorResult, RoundUpdates, make_detec
 from fedattr.defenses._stats import robust_z
 from fedattr.defenses.foolsgold import foolsgold_weights
 from fedattr.evaluators.layout import StateLayout
-from fedattr.training import train_local
+from fedattr.learning.training import train_local
 
 P = 200
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from fedattr.results import read_json, read_jsonl
+from fedattr.results.store import read_json, read_jsonl
 from fedattr.launch.execute import run_scenario
 from fedattr.launch.processes import FLWR_ENV, project_root
 from fedattr.launch.processes import tagged_pids as _tagged_pids
 from fedattr.launch.simulation import simulation_superlink
-from fedattr.scenario import scenario_from_dict
+from fedattr.scenario.schema import scenario_from_dict
 
 pytestmark = pytest.mark.slow
 

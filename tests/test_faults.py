@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from fedattr.errors import DamagedResultsError, UserError
+from fedattr.core.errors import DamagedResultsError, UserError
 from fedattr.launch.ownership import LOCK_NAME, check_resume, own_results_dir, scenario_differences
 from fedattr.launch.processes import FLWR_ENV, RUN_TAG, tagged_pids
 from fedattr.launch.simulation import run_error_cause
 from fedattr.report import load_results, summarize, write_report
-from fedattr.results import JobRecorder, job_state
+from fedattr.results.store import JobRecorder, job_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = Path(__file__).resolve().parent / "fixtures" / "results_small"
@@ -251,7 +251,7 @@ def test_the_real_cause_of_an_in_run_error_is_one_line(tmp_path):
     start = log.stat().st_size
     with open(log, "a") as fh:
         fh.write("\x1b[92mINFO \x1b[0m: starting\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
-                 "fedattr.errors.UserError: mnist has 60000 images; the splits do not fit\n"
+                 "fedattr.core.errors.UserError: mnist has 60000 images; the splits do not fit\n"
                  "\x1b[91mERROR \x1b[0m: ServerApp thread raised an exception\n")
     assert run_error_cause(log, start) == "UserError: mnist has 60000 images; the splits do not fit"
     assert run_error_cause(log, log.stat().st_size) is None
@@ -295,7 +295,7 @@ TINY = textwrap.dedent("""
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, **FLWR_ENV, "FLWR_HOME": str(ROOT / ".flwr_home")}
-    return subprocess.Popen([sys.executable, "-m", "fedattr.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "fedattr.cli.app", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from fedattr.errors import UserError
-from fedattr.models import MODELS, build_model, resolve_device
-from fedattr.training import evaluate, train_local
+from fedattr.core.errors import UserError
+from fedattr.learning.models import MODELS, build_model, resolve_device
+from fedattr.learning.training import evaluate, train_local
 
 
 @pytest.mark.parametrize("name,channels,side", [("cnn", 1, 28), ("cnn", 3, 32), ("vgg11", 3, 32),

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from fedattr.plan import interleave, scenario_jobs
-from fedattr.scenario import load_scenario
+from fedattr.scenario.plan import interleave, scenario_jobs
+from fedattr.scenario.schema import load_scenario
 
 DEMO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.toml"
 

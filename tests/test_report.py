@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 from fedattr.report import (fmt_ci, fmt_num, kendall_between, load_results, markdown_to_html, mean_ci,
                             summarize, write_report)
 

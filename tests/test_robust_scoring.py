@@ -11,7 +11,7 @@ import fedattr.defenses  # noqa: F401  (registers the robust-scoring evaluators)
 from fedattr.defenses.robust_scoring import robust_upper_bounds, validation_groups
 from fedattr.evaluators import EVALUATORS, ModelUtility, RoundGame, TabularGame, make_evaluator, masks_to_matrix
 from fedattr.evaluators.layout import StateLayout
-from fedattr.training import train_local
+from fedattr.learning.training import train_local
 
 C, D = 4, 10
 MEANS = torch.randn(C, D, generator=torch.Generator().manual_seed(0)) * 1.5

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from fedattr.errors import UserError
-from fedattr.launch.generator import train_generator
+from fedattr.core.errors import UserError
+from fedattr.launch.train_generator import train_generator
 from fedattr.launch.processes import RUN_TAG, end_tagged_processes, tagged_pids
-from fedattr.preflight import check_registries, registries
-from fedattr.scenario import scenario_from_dict
+from fedattr.scenario.preflight import check_registries, registries
+from fedattr.scenario.schema import scenario_from_dict
 
 
 def test_registries_list_every_kind():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedattr.scenario import (Scenario, ScenarioError, apply_overrides,
+from fedattr.scenario.schema import (Scenario, ScenarioError, apply_overrides,
                               dump_resolved, expand_grid, load_scenario, parse_grid,
                               scenario_from_dict, schema_text)
 
@@ -363,7 +363,7 @@ def test_every_field_is_documented():
             sub = getattr(info.annotation, "model_fields", None)
             if sub is not None:
                 yield from models(info.annotation)
-    from fedattr.scenario import ArmSpec, EvaluatorSpec
+    from fedattr.scenario.schema import ArmSpec, EvaluatorSpec
     for cls in [*models(Scenario), ArmSpec, EvaluatorSpec]:
         for name, info in cls.model_fields.items():
             assert info.description, f"{cls.__name__}.{name} has no description"

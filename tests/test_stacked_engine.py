@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from fedattr.evaluators import ModelUtility, RoundGame, StateLayout
 from fedattr.evaluators.stacked import StackedNet, stacking_plan
-from fedattr.models import VGG11, SmallCNN, resnet18
+from fedattr.learning.models import VGG11, SmallCNN, resnet18
 
 
 class StridedNet(nn.Module):

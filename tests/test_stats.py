@@ -1,4 +1,4 @@
-"""Tests of fedattr.stats: paired statistics with known answers, same-round effects, the claim table."""
+"""Tests of fedattr.report.claim_stats: paired statistics with known answers, same-round effects, the claim table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedattr.stats import claim_table, format_table, job_effects, matmul_rate, paired_stats, ranks_of, round_effects
+from fedattr.report.claim_stats import claim_table, format_table, job_effects, matmul_rate, paired_stats, ranks_of, round_effects
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_small" / "run"
 
@@ -33,7 +33,7 @@ def test_paired_stats_known_answers():
 
 
 def test_detectable_effect_known_answer():
-    from fedattr.stats import detectable_effect
+    from fedattr.report.claim_stats import detectable_effect
 
     # t(0.975, 9) = 2.262157, t(0.8, 9) = 0.883404
     assert detectable_effect(1.0, 10) == pytest.approx((2.262157 + 0.883404) / math.sqrt(10), rel=1e-5)
@@ -128,7 +128,7 @@ def test_claim_table_on_stored_results():
 
 
 def test_main_prints_the_table_and_rejects_a_non_results_dir(tmp_path, capsys):
-    from fedattr.stats import main
+    from fedattr.report.claim_stats import main
 
     assert main([str(FIXTURE)]) == 0
     assert "GFLOP/s" in capsys.readouterr().out
@@ -167,7 +167,7 @@ def _control_copy(tmp_path, shift: float):
 
 
 def test_control_table_pairs_attack_and_control_by_seed(tmp_path, capsys):
-    from fedattr.stats import control_table, format_control_table, main
+    from fedattr.report.claim_stats import control_table, format_control_table, main
 
     ctl, rounds = _control_copy(tmp_path, shift=0.05)
     rows = control_table(FIXTURE, ctl)
@@ -185,7 +185,7 @@ def test_control_table_pairs_attack_and_control_by_seed(tmp_path, capsys):
 
 def test_sweep_table_has_a_row_per_point_named_by_its_overrides(capsys):
     from fedattr.report import sweep_meta
-    from fedattr.stats import main, sweep_table
+    from fedattr.report.claim_stats import main, sweep_table
 
     sweep = FIXTURE.parent / "sweep"
     points = sweep_meta(sweep)["points"]

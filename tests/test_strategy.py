@@ -11,13 +11,13 @@ from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consis
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedattr.attacker_app import attacker_train
-from fedattr.attribution import RoundScorer
+from fedattr.strategies.scoring import RoundScorer
 from fedattr.client_app import benign_train
-from fedattr.models import build_model
+from fedattr.learning.models import build_model
 from fedattr.protocol import COUNTERFACTUAL, JobSpec, NodeSettings, make_reply
 from fedattr.strategies import AttributedStrategy, DetectorStep, build_aggregator, check_train_reply
-from fedattr.task import Job
-from fedattr.training import evaluate
+from fedattr.learning.task import Job
+from fedattr.learning.training import evaluate
 
 
 @pytest.fixture(autouse=True)

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from fedattr.attacks._util import StateDict, cpu_state, flat_update
-from fedattr.errors import UserError
-from fedattr.training import train_local
+from fedattr.core.errors import UserError
+from fedattr.learning.training import train_local
 
 #: the local-training keys a round's ``train`` dict may carry, with train_local's defaults
 TRAIN_KEYS = {k: p.default for k, p in inspect.signature(train_local).parameters.items()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 COVERAGE_METHODS = ("inferred", "oracle")
 

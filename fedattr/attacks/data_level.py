@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from fedattr.attacks.base import Attack, AttackContext
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 
 @dataclass(kw_only=True)

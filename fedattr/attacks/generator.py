@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedattr.attacks._util import atomic_save, config_key, seeded, tensor_fingerprint
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 #: bump when the architecture or the training loop changes, so old cache files stop matching
 FORMAT_VERSION = 1

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fedattr.attacks.base import Attack, AttackContext
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 
 @dataclass(kw_only=True)

@@ -21,7 +21,7 @@ from fedattr.attacks.coverage import (
 )
 from fedattr.attacks.latent import SyntheticBatch
 from fedattr.attacks.truth import target_truth
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 
 #: what a targeted injection does in its first rounds (see TargetedInjection)

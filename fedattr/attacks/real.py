@@ -15,7 +15,7 @@ import torch
 from fedattr.attacks.base import AttackContext
 from fedattr.attacks.inject import InjectionAttack, TargetedInjection
 from fedattr.attacks.latent import SyntheticBatch
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 
 def aux_split(ctx: AttackContext, attack: str) -> tuple[torch.Tensor, torch.Tensor]:

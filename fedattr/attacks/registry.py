@@ -12,7 +12,7 @@ from fedattr.attacks.real import RandomRealAttack, TargetedRealAttack
 from fedattr.attacks.reporting import OverreportAttack
 from fedattr.attacks.synthetic import LatentAttack, PixelAttack
 from fedattr.attacks.update import FreeRiderAttack, ScalingAttack
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls

@@ -22,7 +22,7 @@ from fedattr.attacks.latent import LatentOptimiser, SyntheticBatch
 from fedattr.attacks.objective import balanced_probes, frozen_copy
 from fedattr.attacks.pixel import PixelOptimiser
 from fedattr.attacks.teacher import TeacherTrainer
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 TEACHERS = ("trained", "global")
 GENERATOR_SOURCES = ("public", "local")

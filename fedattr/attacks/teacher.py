@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from fedattr.attacks._util import architecture_signature, atomic_save, config_key, seeded, tensor_fingerprint
-from fedattr.errors import UserError
-from fedattr.training import evaluate, train_local
+from fedattr.core.errors import UserError
+from fedattr.learning.training import evaluate, train_local
 
 FORMAT_VERSION = 1
 

@@ -9,7 +9,7 @@ import torch
 
 from fedattr.attacks._util import StateDict, derive_seed, scale_update
 from fedattr.attacks.base import Attack, AttackContext
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 FREE_RIDER_MODES = ("zero", "noise")
 

@@ -212,7 +212,7 @@ def root_update(
     root set ``(x_root, y_root)`` and return its flat update ``w - base`` in ``layout``."""
     import copy
 
-    from fedattr.training import train_local
+    from fedattr.learning.training import train_local
 
     model = copy.deepcopy(model_template).cpu()
     base = torch.as_tensor(base).detach().cpu()

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_processes, free_port,
                                       project_root, tagged_env)
-from fedattr.results import atomic_write_json, job_state, read_jsonl
+from fedattr.results.store import atomic_write_json, job_state, read_jsonl
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 from fedattr.launch.processes import end_tagged_processes
 
 LOCK_NAME = ".fedattr.lock"

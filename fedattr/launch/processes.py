@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 #: environment variable that marks every process a launch starts
 RUN_TAG = "FEDATTR_RUN_TAG"

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_processes, free_port,
                                       project_root, tagged_env)
-from fedattr.results import job_state, read_jsonl
+from fedattr.results.store import job_state, read_jsonl
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -175,7 +175,7 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-#: a Python exception line as Flower's logs print it, e.g. ``ValueError: ...`` or ``fedattr.errors.UserError: ...``
+#: a Python exception line as Flower's logs print it, e.g. ``ValueError: ...`` or ``fedattr.core.errors.UserError: ...``
 _EXC_LINE = re.compile(r"\b((?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*)?(?:Error|Exception|Exit|Interrupt)):\s*(.+)$")
 #: Flower's own wrappers around the exception that ended a run: they say nothing of its cause
 _WRAPPERS = ("An error was encountered. Ending simulation", "Simulation Runtime crashed")

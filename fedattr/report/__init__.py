@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 from fedattr.report.html import markdown_to_html
 from fedattr.report.markdown import scenario_markdown, sweep_markdown
 from fedattr.report.plots import scenario_plots, sweep_plot
 from fedattr.report.reader import JobResult, ScenarioResults, is_sweep, load_results, merge_results, sweep_meta
 from fedattr.report.stats import MeanCI, fmt_ci, fmt_num, kendall_between, mean_ci
 from fedattr.report.summary import client_rows, failure_rows, scenario_summary, summarize, summary_rows
-from fedattr.results import atomic_write_text
+from fedattr.results.store import atomic_write_text
 
 __all__ = [
     "MeanCI",

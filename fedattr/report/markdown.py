@@ -12,7 +12,7 @@ from fedattr.report.detectors import detector_markdown
 from fedattr.report.reader import ScenarioResults
 from fedattr.report.stats import as_float, ci_from, fmt_ci
 from fedattr.report.summary import arm_attack, failure_rows, inflation_difference, paired_accuracy
-from fedattr.scenario import HONEST_ATTACK, ScenarioError, scenario_from_dict
+from fedattr.scenario.schema import HONEST_ATTACK, ScenarioError, scenario_from_dict
 
 __all__ = ["scenario_markdown", "sweep_markdown", "md_table"]
 

@@ -1,8 +1,8 @@
 """The results reader: a scenario results directory as typed job results.
 
 Reads ``scenario.json``, ``environment.json`` and ``jobs/<arm>__s<seed>/{rounds.jsonl,summary.json}``.
-Every job file is validated first (:func:`fedattr.results.job_state`, through the typed records of
-:mod:`fedattr.protocol`): a truncated or invalid file is one :class:`~fedattr.errors.UserError`
+Every job file is validated first (:func:`fedattr.results.store.job_state`, through the typed records of
+:mod:`fedattr.protocol`): a truncated or invalid file is one :class:`~fedattr.core.errors.UserError`
 naming it and what to do. A job without ``summary.json`` (an interrupted run) is reported from its
 last round record; a failed job is listed with its reason and left out of every statistic.
 """
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedattr.errors import DamagedResultsError, UserError
+from fedattr.core.errors import DamagedResultsError, UserError
 from fedattr.report.stats import as_float
-from fedattr.results import job_state
-from fedattr.scenario import HONEST_ATTACK
+from fedattr.results.store import job_state
+from fedattr.scenario.schema import HONEST_ATTACK
 
 __all__ = ["JobResult", "ScenarioResults", "load_results", "pid_key", "is_sweep", "sweep_meta"]
 

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedattr.errors import DamagedResultsError, UserError
+from fedattr.core.errors import DamagedResultsError, UserError
 from fedattr.report.reader import ScenarioResults, is_sweep, load_results, pid_key, sweep_meta
 from fedattr.report.stats import MeanCI, ci_from, fmt_ci, fmt_num, kendall_between, mean_ci
-from fedattr.scenario import HONEST_ATTACK
+from fedattr.scenario.schema import HONEST_ATTACK
 
 __all__ = ["summarize", "scenario_summary", "summary_rows", "failures", "failure_rows", "client_rows", "arm_attack", "paired_accuracy",
            "inflation_difference", "kendall_ci"]

@@ -2,7 +2,7 @@
 
 ``AttributedStrategy`` wraps an unmodified ``flwr.serverapp.strategy`` strategy: screen
 (``screen``) -> detectors (``detect``) -> aggregate (the wrapped strategy) -> score
-(``fedattr.attribution``) -> record (``fedattr.protocol.RoundRecord``). ``AGGREGATORS`` maps a
+(``fedattr.strategies.scoring``) -> record (``fedattr.protocol.RoundRecord``). ``AGGREGATORS`` maps a
 scenario's ``aggregation.strategy`` to a Flower strategy and the coalition rule of its round game.
 """
 

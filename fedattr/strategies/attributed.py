@@ -13,7 +13,7 @@ One round is a chain of steps, each a small object or function:
 2. detect  (``detect.DetectorStep``): every detector observes the updates (state across rounds)
    and flags clients; detectors in ``filter`` mode drop their flagged clients;
 3. aggregate: the wrapped Flower strategy's ``aggregate_train`` on the kept replies;
-4. score   (``fedattr.attribution.RoundScorer``): the evaluators on the round game, whose
+4. score   (``fedattr.strategies.scoring.RoundScorer``): the evaluators on the round game, whose
    coalitions are aggregated by the same rule as step 3;
 5. record  (``fedattr.protocol.RoundRecord``): one typed record per round, written once the
    central evaluation of w_{t+1} is known.
@@ -31,7 +31,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedattr.attribution import AttributionTotals, RoundScorer
+from fedattr.strategies.scoring import AttributionTotals, RoundScorer
 from fedattr.protocol import RoundRecord
 from fedattr.strategies.detect import DetectorStep
 from fedattr.strategies.screen import screen_replies

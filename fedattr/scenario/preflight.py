@@ -1,7 +1,7 @@
 """Checks a scenario must pass before any process starts.
 
 Everything that can be known on the launching machine is checked here, so that a bad value is
-one clear :class:`~fedattr.errors.UserError` (exit status 2) instead of a failure inside Flower
+one clear :class:`~fedattr.core.errors.UserError` (exit status 2) instead of a failure inside Flower
 30-75 s later.
 """
 
@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 
 def registries() -> dict[str, list[str]]:
-    """Every registry name a scenario may use (``fedattr.components.registries``)."""
-    from fedattr.components import registries as _registries
+    """Every registry name a scenario may use (``fedattr.scenario.components.registries``)."""
+    from fedattr.scenario.components import registries as _registries
 
     return _registries()
 
@@ -35,7 +35,7 @@ def check_scenario(scenario: Any, data: bool = True) -> None:
 
 def check_registries(scenario: Any) -> None:
     """Unknown registry names and bad parameters of every component fail here, in one message."""
-    from fedattr.components import check_components
+    from fedattr.scenario.components import check_components
 
     problems = check_components(scenario)
     if problems:
@@ -87,7 +87,7 @@ def check_data(scenario: Any) -> None:
     and cuts the client partitions of every distinct partition seed, so that a split that cannot
     meet ``partition.min_partition_size`` fails here and not inside a client.
     """
-    from fedattr.task import Job, job_spec
+    from fedattr.learning.task import Job, job_spec
 
     arm = scenario.arms[0]
     seeds = {scenario.partition.seed if scenario.partition.seed is not None else s: s for s in scenario.seeds}

@@ -4,7 +4,7 @@
 ``role="attacker"`` in its node_config) and a SuperExec for each on 127.0.0.1; ``fedattr deploy
 compose-file`` writes the docker-compose topology for a scenario. The launchers (and with them
 Flower and torch) are imported only when a command runs, and the CLI's own helpers (error
-handling, progress, tables) are reused from :mod:`fedattr.cli` at call time.
+handling, progress, tables) are reused from :mod:`fedattr.cli.app` at call time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _SCENARIO = typer.Argument(help="Scenario TOML file.", show_default=False)
 
 
 def _cli() -> Any:
-    import fedattr.cli as cli
+    import fedattr.cli.app as cli
 
     return cli
 
@@ -55,8 +55,8 @@ def local(scenario: Annotated[Path, _SCENARIO],
 
 def _local(cli: Any, scenario: Path, set_: list[str], out: Optional[Path], json_: bool, no_report: bool,
            device: Optional[str] = None, force: bool = False) -> None:
-    from fedattr.errors import UserError
-    from fedattr.scenario import load_scenario
+    from fedattr.core.errors import UserError
+    from fedattr.scenario.schema import load_scenario
 
     if device is not None and device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device {device!r} is not allowed; choose one of cpu, cuda, auto")
@@ -103,7 +103,7 @@ def compose_file(scenario: Annotated[Path, _SCENARIO],
 
 def _compose_file(scenario: Path, set_: list[str], out: Path, tls: bool) -> None:
     from fedattr.launch.compose import write_compose
-    from fedattr.scenario import load_scenario
+    from fedattr.scenario.schema import load_scenario
 
     sc = load_scenario(scenario, set_)
     path = write_compose(out, sc.num_clients, list(sc.attacker_ids), tls=tls, source=str(scenario))

@@ -23,9 +23,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn)
 from rich.table import Table
 
-from fedattr.errors import UserError
-from fedattr.launch.deploy_cli import deploy_app
-from fedattr.scenario import (Scenario, ScenarioError, dump_resolved, expand_grid,
+from fedattr.core.errors import UserError
+from fedattr.cli.deploy import deploy_app
+from fedattr.scenario.schema import (Scenario, ScenarioError, dump_resolved, expand_grid,
                               load_scenario, parse_grid, schema_text)
 
 __all__ = ["app", "main"]
@@ -104,9 +104,9 @@ def _launcher() -> Any:
 
 
 def _check_registry(scenario: Scenario) -> str:
-    """Fail on any component the scenario names wrongly (``fedattr.components``, the one path)."""
+    """Fail on any component the scenario names wrongly (``fedattr.scenario.components``, the one path)."""
     try:
-        from fedattr.components import check_components
+        from fedattr.scenario.components import check_components
 
         problems = check_components(scenario)
     except ImportError as exc:  # a registry that cannot load must not hide the schema's verdict

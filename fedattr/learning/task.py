@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from fedattr.data import Splits, load_splits, partition_from_spec
-from fedattr.models import build_model
+from fedattr.learning.data import Splits, load_splits, partition_from_spec
+from fedattr.learning.models import build_model
 from fedattr.protocol import AttackSpec, JobSpec, PlanEntry
 
 

@@ -16,10 +16,10 @@ def registries() -> dict[str, list[str]]:
     """Every registry name a scenario may use, by kind."""
     import fedattr.defenses  # noqa: F401  (robust-scoring evaluators register on import)
     from fedattr.attacks import ATTACKS
-    from fedattr.data import DATASETS, PARTITIONERS
+    from fedattr.learning.data import DATASETS, PARTITIONERS
     from fedattr.defenses import DETECTORS
     from fedattr.evaluators import ENGINES, EVALUATORS, METRICS
-    from fedattr.models import MODELS
+    from fedattr.learning.models import MODELS
     from fedattr.strategies.aggregators import AGGREGATORS
 
     return {"datasets": sorted(DATASETS), "partitioners": list(PARTITIONERS), "models": sorted(MODELS),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 from fedattr.protocol import default_cache_dir
 
 
@@ -18,7 +18,7 @@ def train_generator(scenario: Any, source: str = "public", partition_id: int | N
     """
     from fedattr.attacks import make_attack
     from fedattr.attacks import train_generator as _train
-    from fedattr.data import client_partition, load_splits
+    from fedattr.learning.data import client_partition, load_splits
 
     if source not in ("public", "local"):
         raise UserError(f"source must be 'public' or 'local', got {source!r}")

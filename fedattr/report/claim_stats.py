@@ -15,7 +15,7 @@ change, Kendall tau) over the rounds of a job first, then summarised over seeds:
 - ``control_table``: the attack against each control, paired by seed (same split, same training
   seed): per seed, the attack's inflation minus the control's.
 
-``python -m fedattr.stats RESULTS_DIR [CONTROLS_DIR]`` prints the table and this machine's
+``python -m fedattr.report.claim_stats RESULTS_DIR [CONTROLS_DIR]`` prints the table and this machine's
 matmul rate; with a second directory (the same regime's controls and honest arm) also that
 directory's table and the attack-minus-control comparison, and the second directory's honest arm
 is the accuracy reference when the first has none. A sweep directory gives one table, a row per
@@ -401,12 +401,12 @@ def matmul_rate(n: int = 512, seconds: float = 0.5) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the claim table of RESULTS_DIR and the machine's matmul rate."""
-    from fedattr.errors import UserError
+    from fedattr.core.errors import UserError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (1, 2):
-        print("usage: python -m fedattr.stats RESULTS_DIR [CONTROLS_DIR]\n"
-              "       python -m fedattr.stats SWEEP_DIR [EVALUATOR,...]", file=sys.stderr)
+        print("usage: python -m fedattr.report.claim_stats RESULTS_DIR [CONTROLS_DIR]\n"
+              "       python -m fedattr.report.claim_stats SWEEP_DIR [EVALUATOR,...]", file=sys.stderr)
         return 2
     try:
         from fedattr.report import is_sweep

@@ -12,8 +12,8 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from fedattr.results import atomic_write_json, job_name, read_json
-from fedattr.task import plan_entry
+from fedattr.results.store import atomic_write_json, job_name, read_json
+from fedattr.learning.task import plan_entry
 
 
 def default_results_dir(scenario: Any, anchor: Path | None = None) -> Path:

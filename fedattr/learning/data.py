@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedattr.errors import DatasetUnavailableError, UserError
+from fedattr.core.errors import DatasetUnavailableError, UserError
 
 #: name -> (torchvision class name, channels, side, classes)
 DATASETS: dict[str, tuple[str | None, int, int, int]] = {

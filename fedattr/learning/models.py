@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fedattr.errors import UserError
+from fedattr.core.errors import UserError
 
 
 class _Normalise(nn.Module):

@@ -1,0 +1,1 @@
+"""The ``fedattr`` command line (typer): run, sweep, deploy, report, stats, list, scenario."""
