@@ -23,6 +23,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn)
 from rich.table import Table
 
+from fedattr.cli.console import (FAILED_JOBS_EXIT, INTERRUPTED_EXIT, USER_ERROR_EXIT, err as _err,
+                                 fail as _fail, out as _out, print_json as _print_json,
+                                 rows_table as _rows_table, user_errors as _user_errors)
 from fedattr.core.errors import UserError
 from fedattr.cli.deploy import deploy_app
 from fedattr.scenario.schema import (Scenario, ScenarioError, dump_resolved, expand_grid,
@@ -30,9 +33,6 @@ from fedattr.scenario.schema import (Scenario, ScenarioError, dump_resolved, exp
 
 __all__ = ["app", "main"]
 
-USER_ERROR_EXIT = 2
-#: a run whose jobs (some of them) failed: its results exist but must not be taken as complete
-FAILED_JOBS_EXIT = 1
 
 app = typer.Typer(
     name="fedattr",
@@ -59,41 +59,6 @@ ForceOpt = Annotated[bool, typer.Option(
                     "over (without it, such a directory is refused).")]
 
 
-def _out() -> Console:
-    """Console on the current stdout (looked up per call so that test runners capture it).
-
-    Piped output gets a wide console: rich would otherwise squeeze tables into 80 columns.
-    """
-    wide = None if sys.stdout.isatty() else 200
-    return Console(file=sys.stdout, soft_wrap=True, width=wide)
-
-
-def _err() -> Console:
-    """Console on the current stderr."""
-    return Console(file=sys.stderr, soft_wrap=True)
-
-
-def _fail(message: str, code: int = USER_ERROR_EXIT) -> None:
-    """Print one red error message on stderr and exit with ``code``."""
-    _err().print(f"[bold red]error:[/bold red] [red]{escape(message)}[/red]")
-    raise typer.Exit(code)
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn errors a user can cause into one message and exit status 2 (no traceback)."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ScenarioError, UserError) as exc:
-            _fail(str(exc))
-        except FileNotFoundError as exc:
-            _fail(f"file not found: {exc.filename or exc}")
-        except KeyboardInterrupt:
-            _fail("interrupted", code=130)
-    return wrapper
-
-
 def _launcher() -> Any:
     """``fedattr.launch.execute``, imported on demand (it pulls in torch and Flower)."""
     try:
@@ -114,11 +79,6 @@ def _check_registry(scenario: Scenario) -> str:
     if problems:
         raise ScenarioError("invalid scenario components:\n" + "\n".join(f"  - {p}" for p in problems))
     return ""
-
-
-def _print_json(obj: Any) -> None:
-    """Indented JSON on stdout, written plainly so that it always parses (paths become str)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- progress
@@ -166,16 +126,6 @@ class _ProgressView:
 
 
 # --------------------------------------------------------------------------- output helpers
-
-
-def _rows_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
-    """A rich table from headers and string rows."""
-    table = Table(title=title)
-    for h in headers:
-        table.add_column(h)
-    for row in rows:
-        table.add_row(*[escape(str(c)) for c in row])
-    return table
 
 
 def _print_summary(summary: Mapping[str, Any]) -> None:
