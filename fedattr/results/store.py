@@ -153,3 +153,50 @@ class JobRecorder:
         A failed, interrupted or damaged job is not finished, so a resume redoes it.
         """
         return job_state(self.job_dir).status == "finished"
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """One job directory read once: its validated state, round records and summary.
+
+    ``rounds`` and ``summary`` hold the parsed :class:`~fedattr.protocol.RoundRecord` list and
+    :class:`~fedattr.protocol.JobSummary` (None when absent); both are empty for a damaged job.
+    """
+
+    state: JobState
+    rounds: tuple[Any, ...] = ()
+    summary: Any = None
+
+
+def load_job(job_dir: str | Path) -> StoredJob:
+    """Parse ``rounds.jsonl`` and ``summary.json`` of one job once and validate them together.
+
+    The same checks as :func:`job_state` (whose ``status`` equals ``load_job(d).state.status``),
+    returning the parsed records as well; never raises for bad files.
+    """
+    from fedattr.protocol import RecordError, read_rounds, read_summary
+
+    job_dir = Path(job_dir)
+    rounds_path, summary_path = job_dir / "rounds.jsonl", job_dir / "summary.json"
+    try:
+        rounds = read_rounds(rounds_path)
+    except (RecordError, OSError, UnicodeDecodeError) as exc:
+        return StoredJob(JobState("damaged", 0, f"{exc}" if str(rounds_path) in str(exc) else f"{rounds_path}: {exc}"))
+    if not summary_path.exists():
+        return StoredJob(JobState("partial" if rounds else "absent", len(rounds)), tuple(rounds))
+    try:
+        summary = read_summary(summary_path)
+    except (RecordError, OSError, UnicodeDecodeError) as exc:
+        return StoredJob(JobState("damaged", len(rounds),
+                                  f"{exc}" if str(summary_path) in str(exc) else f"{summary_path}: {exc}"))
+    numbers = [r.round for r in rounds]
+    if summary.rounds_recorded != len(rounds) or numbers != sorted(set(numbers)) or \
+            (summary.status == "finished" and numbers != list(range(1, len(rounds) + 1))):
+        return StoredJob(JobState(
+            "damaged", len(rounds), f"{summary_path} says {summary.rounds_recorded} rounds were recorded but "
+            f"{rounds_path} holds rounds {numbers}; delete {job_dir} and re-run to redo the job"))
+    if summary.status == "finished" and summary.rounds_recorded != summary.rounds:
+        return StoredJob(JobState(
+            "damaged", len(rounds), f"{summary_path} says finished after {summary.rounds_recorded} of "
+            f"{summary.rounds} rounds; delete {job_dir} and re-run to redo the job"))
+    return StoredJob(JobState(summary.status, len(rounds), summary.failure_reason), tuple(rounds), summary)
