@@ -186,6 +186,9 @@ def partition_indices(
     withhold: tuple[int, ...] = (),
     attacker_ids: tuple[int, ...] = (),
     attacker_share: float = 0.0,
+    genuine_holder: int = -1,
+    genuine_holder_count: int = 0,
+    genuine_holder_fraction: float = 0.25,
 ) -> tuple[np.ndarray, ...]:
     """Split positions 0..len(labels)-1 into ``num_partitions`` disjoint client partitions.
 
@@ -196,6 +199,13 @@ def partition_indices(
     them from the partitioner; a seeded ``attacker_share`` of each withheld class's images is
     then dealt to the ``attacker_ids`` (evenly) and the rest is left unused. The benign clients
     therefore lack every withheld class entirely.
+
+    ``genuine_holder >= 0`` (a benign id) is the control of a defence: that client also gets
+    real pool images of the withheld classes, ``genuine_holder_count`` of them in all (0 =
+    ``max(1, round(genuine_holder_fraction * len(first attacker's partition)))``, the number of
+    synthetic images an injection attack with ``synthetic_fraction = genuine_holder_fraction``
+    adds each round), spread evenly over the withheld classes and drawn (seeded) from the images
+    no attacker was dealt. Every other partition is unchanged.
     """
     from datasets import Dataset
     from flwr_datasets.partitioner import (
@@ -262,7 +272,38 @@ def partition_indices(
             take = pos[: int(round(attacker_share * len(pos)))]
             for a, chunk in zip(attackers, np.array_split(take, len(attackers))):
                 out[a] = np.concatenate([out[a], chunk])
+    if genuine_holder >= 0:
+        extra = _genuine_holder_images(lab, out, seed, withhold, attacker_ids, genuine_holder,
+                                       genuine_holder_count, genuine_holder_fraction)
+        out[genuine_holder] = np.concatenate([out[genuine_holder], extra])
     return tuple(out)
+
+
+def _genuine_holder_images(lab: np.ndarray, out: list[np.ndarray], seed: int, withhold: tuple[int, ...],
+                           attacker_ids: tuple[int, ...], holder: int, count: int, fraction: float) -> np.ndarray:
+    """Pool positions of the withheld-class images the genuine holder gets (see ``partition_indices``)."""
+    if not withhold:
+        raise UserError("partition.genuine_holder needs withheld classes (partition.withhold_classes)")
+    if holder >= len(out) or holder in attacker_ids:
+        raise UserError(f"partition.genuine_holder = {holder} must be a benign client id (not an attacker, "
+                        f"in 0..{len(out) - 1})")
+    if count <= 0:
+        if not attacker_ids:
+            raise UserError("partition.genuine_holder_count = 0 means 'as many as the attacker injects' and "
+                            "needs an attacker id; give a count")
+        count = max(1, int(round(fraction * len(out[sorted(attacker_ids)[0]]))))
+    dealt = np.concatenate([out[a] for a in attacker_ids]) if attacker_ids else np.zeros(0, np.int64)
+    # Its own generator: the holder's draw never changes the partitioner's or the attackers'.
+    rng = np.random.default_rng([int(seed), 0x601D])
+    per_class = np.array_split(np.arange(count), len(withhold))
+    picks = []
+    for c, share in zip(withhold, per_class):
+        free = np.setdiff1d(np.nonzero(lab == c)[0], dealt)
+        if share.size > free.size:
+            raise UserError(f"partition.genuine_holder needs {share.size} images of class {c}; the pool has "
+                            f"{free.size} not dealt to an attacker")
+        picks.append(rng.permutation(free)[: share.size])
+    return np.concatenate(picks).astype(np.int64)
 
 
 def partition_from_spec(
@@ -278,6 +319,9 @@ def partition_from_spec(
         classes_per_client=int(spec["classes_per_client"]), min_partition_size=int(spec["min_partition_size"]),
         seed=seed, withhold=withhold, attacker_ids=tuple(attacker_ids),
         attacker_share=float(spec.get("attacker_share") or 0.0),
+        genuine_holder=-1 if spec.get("genuine_holder") is None else int(spec["genuine_holder"]),
+        genuine_holder_count=int(spec.get("genuine_holder_count") or 0),
+        genuine_holder_fraction=float(spec.get("genuine_holder_fraction", 0.25)),
     )
 
 
@@ -285,11 +329,13 @@ def client_partition(
     splits: Splits, partition_id: int, kind: str, num_partitions: int, *, alpha: float = 0.5,
     classes_per_client: int = 2, min_partition_size: int = 10, seed: int = 0,
     withhold: Sequence[int] = (), attacker_ids: Sequence[int] = (), attacker_share: float = 0.0,
+    genuine_holder: int = -1, genuine_holder_count: int = 0, genuine_holder_fraction: float = 0.25,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (images, labels) of one client's partition of the pool (see ``partition_indices``)."""
     parts = partition_indices(
         tuple(splits.y_pool.tolist()), kind, num_partitions, alpha, classes_per_client, min_partition_size, seed,
         tuple(sorted(int(c) for c in withhold)), tuple(int(a) for a in attacker_ids), float(attacker_share),
+        int(genuine_holder), int(genuine_holder_count), float(genuine_holder_fraction),
     )
     idx = torch.from_numpy(parts[partition_id])
     return splits.x_pool[idx], splits.y_pool[idx]

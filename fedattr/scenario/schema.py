@@ -128,6 +128,15 @@ class PartitionSpec(_Spec):
                                 "partition seed (instead of withhold_classes)")
     attacker_share: float = Field(0.0, ge=0, le=1, description="share of each withheld class's pool "
                                   "images dealt to the attacker(s); the rest is unused")
+    genuine_holder: int | None = Field(None, ge=0, description="a benign client id that really holds "
+                                       "the withheld classes (real pool images): the control of a "
+                                       "defence; None = nobody")
+    genuine_holder_count: int = Field(0, ge=0, description="real withheld-class images the genuine "
+                                      "holder gets, spread over the withheld classes; 0 = as many as "
+                                      "an injection attack adds: round(genuine_holder_fraction x the "
+                                      "first attacker's partition size)")
+    genuine_holder_fraction: float = Field(0.25, gt=0, le=10, description="the attack's "
+                                           "synthetic_fraction that genuine_holder_count = 0 matches")
 
     @field_validator("withhold_classes")
     @classmethod
@@ -334,6 +343,17 @@ class Scenario(_Spec):
                              f"(num_clients = {n})")
         if len(set(self.attacker_ids)) != len(self.attacker_ids):
             raise _cross("attacker_ids", self.attacker_ids, "attacker ids must be unique")
+        holder = self.partition.genuine_holder
+        if holder is not None:
+            if holder >= n or holder in self.attacker_ids:
+                raise _cross("partition.genuine_holder", holder,
+                             f"must be a benign client id: in 0..{n - 1} and not an attacker id")
+            if not (self.partition.withhold_classes or self.partition.withhold_count):
+                raise _cross("partition.genuine_holder", holder,
+                             "needs withheld classes (partition.withhold_classes) for it to hold")
+            if not self.partition.genuine_holder_count and not self.attacker_ids:
+                raise _cross("partition.genuine_holder_count", 0,
+                             "0 means as many as the attacker injects and needs an attacker id; give a count")
         for k, arm in enumerate(self.arms):
             if arm.start_round > self.rounds:
                 raise _cross(f"arms.{k}.start_round", arm.start_round,
