@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fedattr.cli.app import app
 from fedattr.core.errors import UserError
-from fedattr.scenario.schema import Scenario, load_scenario
+from fedattr.scenario import Scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scenarios" / "demo.toml"

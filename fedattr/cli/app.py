@@ -8,42 +8,58 @@ start fast.
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
-from rich.table import Table
 
 from fedattr.cli.console import (FAILED_JOBS_EXIT, INTERRUPTED_EXIT, USER_ERROR_EXIT, err as _err,
-                                 fail as _fail, out as _out, print_json as _print_json,
-                                 rows_table as _rows_table, user_errors as _user_errors)
+                                 out as _out, print_json as _print_json, rows_table as _rows_table,
+                                 user_errors as _user_errors)
+from fedattr.cli.progress import ProgressView
+from fedattr.cli.runs import finish_run, print_summary, print_sweep
 from fedattr.core.errors import UserError
 from fedattr.cli.deploy import deploy_app
-from fedattr.scenario.schema import (Scenario, ScenarioError, dump_resolved, expand_grid,
-                              load_scenario, parse_grid, schema_text)
+from fedattr.scenario import (Scenario, ScenarioError, dump_resolved, expand_grid, load_scenario,
+                              parse_grid, schema_text, to_toml)
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "USER_ERROR_EXIT", "FAILED_JOBS_EXIT", "INTERRUPTED_EXIT"]
 
 
 app = typer.Typer(
     name="fedattr",
     help="Federated data-attribution testbed on Flower: run scenarios, sweep them, report.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
 )
 scenario_app = typer.Typer(help="Inspect and validate scenario files.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(deploy_app, name="deploy")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"fedattr {version('fedattr')}")
+        except PackageNotFoundError:
+            typer.echo("fedattr (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the fedattr version and exit.")] = False) -> None:
+    """Federated data-attribution testbed on Flower: run scenarios, sweep them, report.
+
+    Exit status: 0 finished, 1 a run or job failed (or the disk is full), 2 bad input,
+    130 interrupted.
+    """
 
 # Shared option types: every command that loads a scenario accepts the same overrides.
 SetOpt = Annotated[Optional[list[str]], typer.Option(
@@ -81,129 +97,6 @@ def _check_registry(scenario: Scenario) -> str:
     return ""
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class _ProgressView:
-    """Rich progress of a run, fed by the launcher's progress events (dicts).
-
-    Events: ``{"event": "round", "arm", "seed", "round", "rounds", "jobs_done", "jobs_total"}``
-    (optionally ``"point"``/``"points"`` in a sweep) and ``{"event": "log", "message"}``; other
-    events are ignored, so the launcher may add more.
-    """
-
-    def __init__(self, console: Console):
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console)
-        self.jobs = self.progress.add_task("jobs", total=None)
-        self.rounds = self.progress.add_task("rounds", total=None, visible=False)
-        self.done = 0
-
-    def __enter__(self) -> _ProgressView:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
-
-    def __call__(self, event: Mapping[str, Any]) -> None:
-        """Update the bars from one progress event."""
-        kind = event.get("event")
-        if kind == "log":
-            self.progress.console.print(escape(str(event.get("message", ""))))
-            return
-        if "jobs_total" in event or "jobs_done" in event:
-            # never move the jobs bar backwards: round events may carry a stale jobs_done
-            self.done = max(self.done, int(event.get("jobs_done") or 0))
-            where = (f"point {int(event['point']) + 1}/{event['points']} "
-                     if "point" in event and "points" in event else "")
-            self.progress.update(self.jobs, description=f"{where}jobs",
-                                 total=event.get("jobs_total"), completed=self.done)
-        if kind == "round":
-            self.progress.update(self.rounds, visible=True,
-                                 description=f"{event.get('arm')} seed {event.get('seed')} rounds",
-                                 total=event.get("rounds"), completed=event.get("round", 0))
-
-
-# --------------------------------------------------------------------------- output helpers
-
-
-def _print_summary(summary: Mapping[str, Any]) -> None:
-    """Per arm and evaluator: final accuracy, attacker value, inflation, Kendall tau; then failures."""
-    from fedattr.report import summary_rows
-
-    headers, rows = summary_rows(summary)
-    _out().print(_rows_table(f"{summary.get('name')}: mean ± 95% CI over seeds", headers, rows))
-    _print_failures(summary)
-
-
-def _print_failures(summary: Mapping[str, Any], where: str = "") -> None:
-    """The failures table (rejected replies, silent nodes, failed jobs), when there is any."""
-    from fedattr.report import failure_rows
-
-    headers, rows = failure_rows(summary)
-    if rows:
-        _err().print(_rows_table(f"{where}failures (rejected replies are never aggregated; failed jobs are "
-                                 "left out of every statistic)", headers, rows))
-
-
-def _failed_jobs(summary: Mapping[str, Any]) -> int:
-    """Failed jobs of a scenario or sweep summary."""
-    if summary.get("kind") == "sweep":
-        return sum(_failed_jobs(p["summary"]) for p in summary.get("points", []) if p.get("summary"))
-    return int((summary.get("jobs") or {}).get("failed") or 0)
-
-
-def _exit_if_failed(summary: Mapping[str, Any], results_dir: Path) -> None:
-    """Exit with FAILED_JOBS_EXIT when any job failed (its results are listed, not trusted)."""
-    failed = _failed_jobs(summary)
-    if failed:
-        _err().print(f"[bold red]error:[/bold red] [red]{failed} job(s) failed (see the failures table); "
-                     f"re-run the same command to retry them: {escape(str(results_dir))}[/red]")
-        raise typer.Exit(FAILED_JOBS_EXIT)
-
-
-def _print_sweep(summary: Mapping[str, Any]) -> None:
-    """One row per sweep point, arm and evaluator (non-honest arms only)."""
-    from fedattr.report import summary_rows
-
-    table_rows, headers = [], ["point", "overrides"]
-    for point in summary["points"]:
-        overrides = ", ".join(f"{k}={v}" for k, v in point["overrides"].items())
-        if not point.get("summary"):
-            table_rows.append([Path(point["dir"]).name, overrides,
-                               point.get("error", "no results")])
-            continue
-        h, rows = summary_rows(point["summary"])
-        headers = ["point", "overrides"] + h
-        honest = point["summary"].get("honest_arm")
-        table_rows += [[Path(point["dir"]).name, overrides] + r for r in rows if r[0] != honest]
-    _out().print(_rows_table("sweep: mean ± 95% CI over seeds", headers, table_rows))
-    for point in summary["points"]:
-        if point.get("summary"):
-            _print_failures(point["summary"], where=f"{Path(point['dir']).name}: ")
-
-
-def _timing_line(meta: Mapping[str, Any]) -> str:
-    """``wall time X s, start-up Y s (Z%)`` from environment.json or sweep.json."""
-    wall, start = meta.get("wall_s"), meta.get("startup_s")
-    if not isinstance(wall, (int, float)):
-        return "wall time: not recorded"
-    line = f"wall time {wall:.1f} s"
-    if isinstance(start, (int, float)) and wall > 0:
-        line += f", start-up {start:.1f} s ({start / wall:.0%} of it)"
-    return line
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    """A JSON file as a dict, or {} when missing/unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -222,29 +115,10 @@ def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: J
     """
     sc = load_scenario(scenario, set_ or [])
     launcher = _launcher()  # the launcher checks registry names and parameters itself
-    with _ProgressView(_err()) as progress:
+    with ProgressView(_err()) as progress:
         results_dir = Path(launcher.run_scenario(sc, out_dir=out, progress=progress,
                                                  scenario_path=scenario.resolve(), force=force))
-    from fedattr.report import summarize, write_report
-
-    report_path = None if no_report else write_report(results_dir)
-    summary = summarize(results_dir)
-    if json_:
-        _print_json({"results_dir": str(results_dir),
-                     "report": str(report_path) if report_path else None, "summary": summary})
-        _exit_if_failed(summary, results_dir)
-        return
-    from fedattr.report import client_rows
-
-    headers, rows = client_rows(results_dir)
-    _out().print(_rows_table("cumulative attribution per client (mean over seeds; * = attacker)", headers, rows))
-    _print_summary(summary)
-    con = _out()
-    con.print(f"results: {escape(str(results_dir))}")
-    con.print(_timing_line(_read_meta(results_dir / "environment.json")))
-    if report_path:
-        con.print(f"report: {escape(str(report_path))}")
-    _exit_if_failed(summary, results_dir)
+    finish_run(results_dir, json_=json_, no_report=no_report)
 
 
 @app.command()
@@ -267,28 +141,10 @@ def sweep(scenario: ScenarioArg,
     grid_d = parse_grid(grid)
     points = expand_grid(sc, grid_d)
     launcher = _launcher()
-    with _ProgressView(_err()) as progress:
+    with ProgressView(_err()) as progress:
         sweep_dir = Path(launcher.run_sweep(sc, points=points, out_dir=out, progress=progress,
                                             grid=grid_d, force=force))
-    from fedattr.report import summarize, write_report
-
-    report_path = None if no_report else write_report(sweep_dir)
-    summary = summarize(sweep_dir)
-    meta = _read_meta(sweep_dir / "sweep.json")
-    if json_:
-        _print_json({"sweep_dir": str(sweep_dir),
-                     "report": str(report_path) if report_path else None,
-                     "wall_s": meta.get("wall_s"), "startup_s": meta.get("startup_s"),
-                     "summary": summary})
-        _exit_if_failed(summary, sweep_dir)
-        return
-    _print_sweep(summary)
-    con = _out()
-    con.print(f"sweep: {escape(str(sweep_dir))} ({len(points)} points)")
-    con.print(_timing_line(meta))
-    if report_path:
-        con.print(f"report: {escape(str(report_path))}")
-    _exit_if_failed(summary, sweep_dir)
+    finish_run(sweep_dir, json_=json_, no_report=no_report, kind="sweep", points=len(points))
 
 
 @app.command()
@@ -308,9 +164,9 @@ def report(results_dir: Annotated[Path, typer.Argument(
         _print_json({"report": str(path), "summary": summary})
         return
     if summary["kind"] == "sweep":
-        _print_sweep(summary)
+        print_sweep(summary)
     else:
-        _print_summary(summary)
+        print_summary(summary)
     _out().print(f"report: {escape(str(path))}")
 
 
@@ -395,7 +251,7 @@ def scenario_check(scenario: ScenarioArg, set_: SetOpt = None, json_: Annotated[
     if json_:
         _print_json(dump_resolved(sc))
     else:
-        sys.stdout.write(sc.to_toml())
+        sys.stdout.write(to_toml(sc))
     jobs = len(sc.arms) * len(sc.seeds)
     _err().print(f"[green]ok[/green]: {escape(sc.name)}: {len(sc.arms)} arms x {len(sc.seeds)} "
                  f"seeds = {jobs} jobs of {sc.rounds} rounds{escape(note)}")

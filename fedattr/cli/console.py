@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedattr.core.errors import UserError
-from fedattr.scenario.schema import ScenarioError
+from fedattr.scenario import ScenarioError
 
 __all__ = ["USER_ERROR_EXIT", "FAILED_JOBS_EXIT", "INTERRUPTED_EXIT", "out", "err", "fail",
            "user_errors", "print_json", "rows_table", "no_space_message"]

@@ -3,16 +3,20 @@
 ``fedattr deploy local`` starts a SuperLink, one SuperNode per client (the attacker's with
 ``role="attacker"`` in its node_config) and a SuperExec for each on 127.0.0.1; ``fedattr deploy
 compose-file`` writes the docker-compose topology for a scenario. The launchers (and with them
-Flower and torch) are imported only when a command runs, and the CLI's own helpers (error
-handling, progress, tables) are reused from :mod:`fedattr.cli.app` at call time.
+Flower and torch) are imported only when a command runs; errors, progress and the end of a run
+(:func:`fedattr.cli.runs.finish_run`) are the same as ``fedattr run``'s.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
+
+from fedattr.cli.console import err, user_errors
+from fedattr.cli.progress import ProgressView
+from fedattr.cli.runs import finish_run
 
 __all__ = ["deploy_app"]
 
@@ -21,12 +25,6 @@ deploy_app = typer.Typer(help="Run a scenario as separate Flower processes (Supe
                          no_args_is_help=True)
 
 _SCENARIO = typer.Argument(help="Scenario TOML file.", show_default=False)
-
-
-def _cli() -> Any:
-    import fedattr.cli.app as cli
-
-    return cli
 
 
 @deploy_app.command("local")
@@ -49,14 +47,13 @@ def local(scenario: Annotated[Path, _SCENARIO],
 
     Example: fedattr deploy local scenarios/demo.toml --out results/demo-deploy
     """
-    cli = _cli()
-    cli._user_errors(_local)(cli, scenario, set_ or [], out, json_, no_report, device, force)
+    user_errors(_local)(scenario, set_ or [], out, json_, no_report, device, force)
 
 
-def _local(cli: Any, scenario: Path, set_: list[str], out: Optional[Path], json_: bool, no_report: bool,
+def _local(scenario: Path, set_: list[str], out: Optional[Path], json_: bool, no_report: bool,
            device: Optional[str] = None, force: bool = False) -> None:
     from fedattr.core.errors import UserError
-    from fedattr.scenario.schema import load_scenario
+    from fedattr.scenario import load_scenario
 
     if device is not None and device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device {device!r} is not allowed; choose one of cpu, cuda, auto")
@@ -65,23 +62,10 @@ def _local(cli: Any, scenario: Path, set_: list[str], out: Optional[Path], json_
         from fedattr.launch.local import deploy_scenario
     except ImportError as exc:
         raise UserError(f"the local deployment launcher cannot be imported: {exc}") from exc
-    with cli._ProgressView(cli._err()) as progress:
+    with ProgressView(err()) as progress:
         results_dir = Path(deploy_scenario(sc, out_dir=out, progress=progress, scenario_path=scenario.resolve(),
                                            node_extra={"device": device} if device else None, force=force))
-    from fedattr.report import summarize, write_report
-
-    report_path = None if no_report else write_report(results_dir)
-    summary = summarize(results_dir)
-    if json_:
-        cli._print_json({"results_dir": str(results_dir),
-                         "report": str(report_path) if report_path else None, "summary": summary})
-        return
-    cli._print_summary(summary)
-    con = cli._out()
-    con.print(f"results: {results_dir}")
-    con.print(cli._timing_line(cli._read_meta(results_dir / "environment.json")))
-    if report_path:
-        con.print(f"report: {report_path}")
+    finish_run(results_dir, json_=json_, no_report=no_report)
 
 
 @deploy_app.command("compose-file")
@@ -97,13 +81,12 @@ def compose_file(scenario: Annotated[Path, _SCENARIO],
 
     Example: fedattr deploy compose-file scenarios/demo.toml --out docker-compose.yml
     """
-    cli = _cli()
-    cli._user_errors(_compose_file)(scenario, set_ or [], out, tls)
+    user_errors(_compose_file)(scenario, set_ or [], out, tls)
 
 
 def _compose_file(scenario: Path, set_: list[str], out: Path, tls: bool) -> None:
     from fedattr.launch.compose import write_compose
-    from fedattr.scenario.schema import load_scenario
+    from fedattr.scenario import load_scenario
 
     sc = load_scenario(scenario, set_)
     path = write_compose(out, sc.num_clients, list(sc.attacker_ids), tls=tls, source=str(scenario))
