@@ -253,7 +253,7 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
         [(e.name, dict(e.params)) for e in attribution.evaluators],
         utility=attribution.utility, val_subset=attribution.val_subset, engine=attribution.engine,
         device=device, seed=job.seed, num_classes=splits.num_classes, num_threads=attribution.num_threads,
-        aggregate=rule,
+        aggregate=rule, public=(splits.x_aux, splits.y_aux) if len(splits.y_aux) else None,
     )
     eval_model = job.build_model()
 

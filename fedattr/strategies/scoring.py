@@ -64,13 +64,18 @@ class RoundScorer:
     aggregate : callable, optional
         The coalition rule of the server's strategy (``fedattr.evaluators.aggregation``);
         None = FedAvg's weighted mean.
+    public : (Tensor, Tensor), optional
+        The public auxiliary split (images, labels), handed to every round game as
+        ``public_data`` for scoring rules that train on public data (``reference_player``).
     """
 
     def __init__(self, model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, evaluators: list[tuple[str, dict]],
                  *, utility: str = "accuracy", val_subset: int | None = None, engine: str = "auto",
                  device: str | torch.device = "cpu", seed: int = 0, num_classes: int | None = None,
-                 num_threads: int | None = None, aggregate: Any = None):
+                 num_threads: int | None = None, aggregate: Any = None,
+                 public: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.evaluators = [(name, dict(params)) for name, params in evaluators]
+        self.public = public
         self.aggregate = aggregate
         self.seed = seed
         self.utility = ModelUtility(model, x_val, y_val, metric=utility, num_classes=num_classes,
@@ -82,9 +87,11 @@ class RoundScorer:
 
     def _game(self, global_state: dict, states: dict[int, dict], weights: dict[int, float]) -> RoundGame:
         pids = sorted(states)
-        return RoundGame.from_state_dicts(self.utility, global_state, [states[p] for p in pids],
+        game = RoundGame.from_state_dicts(self.utility, global_state, [states[p] for p in pids],
                                           weights=[weights[p] for p in pids], players=pids,
                                           aggregate=self.aggregate)
+        game.public_data = self.public
+        return game
 
     def score(self, server_round: int, global_state: dict, states: dict[int, dict], weights: dict[int, float],
               counterfactuals: dict[int, dict] | None = None,
