@@ -472,10 +472,12 @@ def test_relative_change_rule():
 def test_registry_names_and_errors():
     assert set(EVALUATORS) >= {"individual", "loo", "shapley", "tmc", "gtg", "banzhaf", "banzhaf_msr",
                                "beta_shapley", "cgsv", "least_core"}
-    with pytest.raises(ValueError, match="valid names: .*shapley"):
+    with pytest.raises(ValueError, match="unknown evaluator 'shapely'; did you mean 'shapley'.*choose one of: .*tmc"):
         make_evaluator("shapely")
-    with pytest.raises(ValueError, match="eps_rnd.*valid: eps_round"):
+    with pytest.raises(ValueError, match="unknown parameter 'eps_rnd'.*did you mean 'eps_round'.*allowed: .*eps_round="):
         make_evaluator("gtg", eps_rnd=0.1)
+    with pytest.raises(ValueError, match="unknown stopping rule 'max_evals'; did you mean 'max_evaluations'"):
+        make_evaluator("tmc", stop={"max_evals": 10})
     assert make_evaluator("tmc", antithetic=True).antithetic
     assert "antithetic=True" in repr(make_evaluator("tmc", antithetic=True))
 

@@ -7,11 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-import fedattr.defenses  # noqa: F401  (registers the robust-scoring evaluators)
+from fedattr.defenses import register_scoring_rules
 from fedattr.defenses.robust_scoring import robust_upper_bounds, validation_groups
 from fedattr.evaluators import EVALUATORS, ModelUtility, RoundGame, TabularGame, make_evaluator, masks_to_matrix
 from fedattr.evaluators.layout import StateLayout
 from fedattr.learning.training import train_local
+
+register_scoring_rules()
 
 C, D = 4, 10
 MEANS = torch.randn(C, D, generator=torch.Generator().manual_seed(0)) * 1.5
@@ -160,7 +162,7 @@ def test_registered_and_bad_parameters():
     game = TabularGame(np.arange(8, dtype=float))
     with pytest.raises(ValueError, match="base must be a plain evaluator"):
         make_evaluator("clipped", base="mom").fit(game)
-    with pytest.raises(ValueError, match="unknown base evaluator"):
+    with pytest.raises(ValueError, match="base: unknown evaluator 'shaply'; did you mean 'shapley'"):
         make_evaluator("mom", base="shaply").fit(game)
     with pytest.raises(ValueError, match="k must be > 0"):
         make_evaluator("clipped", k=0).fit(game)

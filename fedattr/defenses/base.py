@@ -11,14 +11,14 @@ This package does not import Flower.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from fedattr.core.registry import Registry, init_params
 
 __all__ = [
     "DETECTORS",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: Registry name -> detector class.
-DETECTORS: dict[str, type["Detector"]] = {}
+DETECTORS: Registry[type["Detector"]] = Registry("detector", set_name=True)
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Detector:
         """Raise ``ValueError`` (one line) if ``params`` cannot work with ``num_clients`` clients."""
 
     def get_params(self) -> dict[str, Any]:
-        return {p: getattr(self, p) for p in _init_params(type(self))}
+        return {p: getattr(self, p) for p in init_params(type(self))}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
@@ -140,58 +140,20 @@ class Detector:
 
 def register_detector(name: str):
     """Class decorator adding a detector to ``DETECTORS`` under ``name``."""
-
-    def deco(cls):
-        if name in DETECTORS:
-            raise ValueError(f"detector name {name!r} already registered")
-        cls.name = name
-        DETECTORS[name] = cls
-        return cls
-
-    return deco
-
-
-def _init_params(cls) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-
-def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _detector_class(name: str) -> type[Detector]:
-    if name not in DETECTORS:
-        raise ValueError(
-            f"unknown detector {name!r}{_suggest(name, DETECTORS)} (valid: {', '.join(sorted(DETECTORS))})"
-        )
-    return DETECTORS[name]
-
-
-def _check_names(name: str, cls, params: dict[str, Any]) -> None:
-    valid = _init_params(cls)
-    for p in sorted(set(params) - set(valid)):
-        raise ValueError(
-            f"unknown parameter {p!r} for detector {name!r}{_suggest(p, valid)} (valid: {', '.join(valid) or 'none'})"
-        )
+    return DETECTORS.register(name)
 
 
 def make_detector(name: str, **params) -> Detector:
     """Instantiate the detector registered as ``name``; unknown names or parameters are a
-    ``ValueError`` that suggests the closest valid one."""
-    cls = _detector_class(name)
-    _check_names(name, cls, params)
-    try:
-        return cls(**params)
-    except TypeError as e:  # e.g. a required parameter missing
-        raise ValueError(f"detector {name!r}: {e}") from None
+    :class:`~fedattr.core.registry.RegistryError` (a ``ValueError``) that suggests the closest
+    valid one."""
+    return DETECTORS.make(name, **params)
 
 
 def validate_detector(name: str, params: dict[str, Any], num_clients: int) -> None:
     """Raise a one-line ``ValueError`` if detector ``name`` with ``params`` cannot run on
     ``num_clients`` clients per round (e.g. Krum's ``f`` too large for ``n``)."""
-    cls = _detector_class(name)
-    _check_names(name, cls, params)
+    cls = DETECTORS.check(name, params)
     cls.check_params(dict(params), int(num_clients))
     make_detector(name, **params)
 

@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from fedattr.evaluators import EVALUATORS, Evaluator, FunctionGame, ModelUtility, RoundGame, make_evaluator, register
+from fedattr.core.registry import Registry
+from fedattr.evaluators import EVALUATORS, Evaluator, FunctionGame, ModelUtility, RoundGame, make_evaluator
 from fedattr.evaluators.game import indices_to_mask, mask_to_indices
 
 from .base import RoundUpdates, make_detector
@@ -40,19 +41,18 @@ __all__ = [
     "MedianOfMeans",
     "CoverageWeighted",
     "DetectorFiltered",
+    "ROBUST_SCORERS",
     "ShardedUtility",
+    "register_robust_scorers",
     "robust_upper_bounds",
     "validation_groups",
 ]
 
-WRAPPERS = ("clipped", "mom", "coverage_weighted", "filtered")
-
-
 def _make_base(owner: str, base: str, base_params: dict | None) -> Evaluator:
-    if base in WRAPPERS:
+    if base in ROBUST_SCORERS:
         raise ValueError(f"evaluator {owner!r}: base must be a plain evaluator, not {base!r}")
     if base not in EVALUATORS:
-        raise ValueError(f"evaluator {owner!r}: unknown base evaluator {base!r}; valid: {', '.join(sorted(EVALUATORS))}")
+        raise ValueError(f"evaluator {owner!r}: base: {EVALUATORS.unknown(base)}")
     return make_evaluator(base, **dict(base_params or {}))
 
 
@@ -101,7 +101,6 @@ def robust_upper_bounds(values: Sequence[float], k: float) -> np.ndarray:
     return out
 
 
-@register("clipped")
 class ClippedValues(_Wrapper):
     """The base evaluator's values, each clipped from above at a robust bound from the other
     clients' values: ``min(v_i, median_{j != i} v_j + k * 1.4826 * MAD_{j != i} v_j)``.
@@ -243,7 +242,6 @@ class _UtilityWrapper(_Wrapper):
 # -- (b) median of means ---------------------------------------------------------------------------
 
 
-@register("mom")
 class MedianOfMeans(_UtilityWrapper):
     """The base evaluator on the median-of-means utility ``median_k U(w; V_k)`` over ``shards``
     groups ``V_k`` of the validation set (the game's utility metric on each group).
@@ -292,7 +290,6 @@ class MedianOfMeans(_UtilityWrapper):
 # -- (c) coverage-weighted per-class gains ------------------------------------------------------
 
 
-@register("coverage_weighted")
 class CoverageWeighted(_UtilityWrapper):
     """The base evaluator on a per-class utility that credits a class's gain only as far as more
     than one client delivers it:
@@ -339,7 +336,6 @@ class CoverageWeighted(_UtilityWrapper):
 # -- (d) detector-filtered coalitions --------------------------------------------------------------
 
 
-@register("filtered")
 class DetectorFiltered(_Wrapper):
     """The base evaluator on the sub-game of the clients that ``detector`` does not flag this
     round; flagged clients get value 0. The sub-game's coalitions are the full game's, so they
@@ -395,3 +391,19 @@ class DetectorFiltered(_Wrapper):
         out[keep] = self._base().fit(sub, seed=self._seed(rng)).values_
         return out
 
+
+#: Registry name -> robust-scoring evaluator.
+ROBUST_SCORERS: dict[str, type[Evaluator]] = {
+    "clipped": ClippedValues,
+    "mom": MedianOfMeans,
+    "coverage_weighted": CoverageWeighted,
+    "filtered": DetectorFiltered,
+}
+
+
+def register_robust_scorers(registry: Registry = EVALUATORS) -> Registry:
+    """Add the robust-scoring evaluators to ``registry`` (the evaluator registry by default) and
+    return it; registering them again is a no-op."""
+    for name, cls in ROBUST_SCORERS.items():
+        registry.register(name, cls)
+    return registry

@@ -8,43 +8,26 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from fedattr.core.registry import Registry, init_params
+
 from .game import Game
 from .stopping import EstimatorState, StoppingRule
 
 __all__ = ["EVALUATORS", "Evaluator", "MonteCarloEvaluator", "make_evaluator", "register", "BudgetExhausted"]
 
 #: Registry name -> evaluator class.
-EVALUATORS: dict[str, type] = {}
+EVALUATORS: Registry[type] = Registry("evaluator", set_name=True)
 
 
 def register(name: str):
     """Class decorator adding an evaluator to ``EVALUATORS`` under ``name``."""
-
-    def deco(cls):
-        if name in EVALUATORS:
-            raise ValueError(f"evaluator name {name!r} already registered")
-        cls.name = name
-        EVALUATORS[name] = cls
-        return cls
-
-    return deco
-
-
-def _init_params(cls) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return EVALUATORS.register(name)
 
 
 def make_evaluator(name: str, **params) -> "Evaluator":
-    """Instantiate the evaluator registered as ``name`` with ``params``."""
-    if name not in EVALUATORS:
-        raise ValueError(f"unknown evaluator {name!r}; valid names: {', '.join(sorted(EVALUATORS))}")
-    cls = EVALUATORS[name]
-    valid = _init_params(cls)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(unknown)} for evaluator {name!r}; valid: {', '.join(valid) or '(none)'}"
-        )
+    """Instantiate the evaluator registered as ``name`` with ``params``; an unknown name or
+    parameter is a :class:`~fedattr.core.registry.RegistryError` naming the closest valid one."""
+    cls = EVALUATORS.check(name, params)
     if "stop" in params and params["stop"] is not None:
         from .stopping import stopping_from_config
 
@@ -154,7 +137,7 @@ class Evaluator:
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters and their current values."""
-        return {p: getattr(self, p) for p in _init_params(type(self))}
+        return {p: getattr(self, p) for p in init_params(type(self))}
 
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__).parameters

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedattr.core.registry import Registry
+
 __all__ = [
     "EstimatorState",
     "StoppingRule",
@@ -254,7 +256,7 @@ class RankStability(StoppingRule):
 
 
 #: Scenario names of the stopping rules (``stop = {standard_error = 0.01, max_evaluations = 500}``).
-RULES: dict[str, type[StoppingRule]] = {
+RULES: Registry[type[StoppingRule]] = Registry("stopping rule", {
     "max_evaluations": MaxEvaluations,
     "max_samples": MaxSamples,
     "max_permutations": MaxPermutations,
@@ -262,7 +264,7 @@ RULES: dict[str, type[StoppingRule]] = {
     "standard_error": StandardError,
     "relative_change": RelativeChange,
     "rank_stability": RankStability,
-}
+})
 
 
 def stopping_from_config(config) -> StoppingRule:
@@ -273,9 +275,6 @@ def stopping_from_config(config) -> StoppingRule:
     ``combine = "all"`` combines with ``&`` instead (stop only when every rule says so).
     A StoppingRule passes through. Anything else is a ``ValueError`` that names the problem.
     """
-    import difflib
-    import inspect
-
     if isinstance(config, StoppingRule):
         return config
     if not isinstance(config, dict) or not config:
@@ -288,17 +287,11 @@ def stopping_from_config(config) -> StoppingRule:
     rules = []
     for name, arg in cfg.items():
         if name not in RULES:
-            close = difflib.get_close_matches(name, list(RULES), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"stop.{name}: unknown stopping rule (rules: {', '.join(RULES)}){hint}")
+            raise ValueError(f"stop.{name}: {RULES.unknown(name)}")
         cls = RULES[name]
         try:
             if isinstance(arg, dict):
-                allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-                bad = sorted(set(arg) - set(allowed))
-                if bad:
-                    raise ValueError(f"unknown argument(s) {bad} (allowed: {', '.join(allowed)})")
-                rule = cls(**arg)
+                rule = RULES.make(name, **arg)
             elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
                 rule = cls(arg)
             else:

@@ -8,14 +8,13 @@ against the number of clients that runs before any process starts.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
+from fedattr.core.registry import Registry, did_you_mean, init_params
 from fedattr.evaluators.aggregation import BulyanRule, CoordinateMedian, KrumSelect, TrimmedMean
 
 #: Strategy arguments the pipeline sets itself (every node trains every round).
@@ -66,7 +65,7 @@ def _check_bulyan(params: dict[str, Any], n: int) -> str | None:
     return None
 
 
-AGGREGATORS: dict[str, Aggregator] = {
+AGGREGATORS: Registry[Aggregator] = Registry("aggregator", {
     "fedavg": Aggregator(FedAvg, lambda p: None),
     "fedmedian": Aggregator(FedMedian, lambda p: CoordinateMedian()),
     "fedtrimmedavg": Aggregator(FedTrimmedAvg, lambda p: TrimmedMean(float(p.get("beta", 0.2))),
@@ -75,23 +74,18 @@ AGGREGATORS: dict[str, Aggregator] = {
     "multikrum": Aggregator(MultiKrum, lambda p: KrumSelect(int(p.get("num_malicious_nodes", 0)),
                                                             int(p.get("num_nodes_to_select", 1))), _check_krum),
     "bulyan": Aggregator(Bulyan, lambda p: BulyanRule(int(p.get("num_malicious_nodes", 0))), _check_bulyan),
-}
+})
 
 
 def check_aggregator(name: str, params: dict[str, Any], num_clients: int) -> str | None:
     """Why ``name`` with ``params`` cannot aggregate ``num_clients`` clients, or None."""
     if name not in AGGREGATORS:
-        close = difflib.get_close_matches(name, list(AGGREGATORS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown aggregator {name!r} (known: {', '.join(AGGREGATORS)}){hint}"
+        return AGGREGATORS.unknown(name)
     entry = AGGREGATORS[name]
-    allowed = [p for p in inspect.signature(entry.strategy.__init__).parameters
-               if p not in ("self", *RESERVED)]
+    allowed = [p for p in init_params(entry.strategy) if p not in RESERVED]
     for key in params:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            return f"unknown parameter {key!r} of {name} (allowed: {', '.join(allowed) or 'none'}){hint}"
+            return f"unknown parameter {key!r} of {name}{did_you_mean(key, allowed)}; allowed: {', '.join(allowed) or 'none'}"
     return entry.check(dict(params), int(num_clients))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import fedattr.defenses  # noqa: F401  (robust-scoring evaluators register on import)
+from fedattr.defenses import register_scoring_rules
 from fedattr.evaluators import CumulativeValues, ModelUtility, RoundGame, make_evaluator
 
 
@@ -81,6 +81,7 @@ class RoundScorer:
         self.utility = ModelUtility(model, x_val, y_val, metric=utility, num_classes=num_classes,
                                     val_subset=val_subset, subset_seed=seed, engine=engine, device=device,
                                     num_threads=num_threads)
+        register_scoring_rules()  # scenarios may name the robust-scoring evaluators
         # Fail at construction, not in round 1, on a bad evaluator name or parameter.
         for name, params in self.evaluators:
             make_evaluator(name, **params)
