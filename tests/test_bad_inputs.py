@@ -184,7 +184,7 @@ def test_damaged_results_files(tmp_path, damage, command, needle):
 def test_resume_of_a_directory_of_other_settings_is_refused(scenario, tmp_path):
     out = tmp_path / "out"
     (out / "jobs" / "honest__s0").mkdir(parents=True)
-    from fedattr.scenario.schema import load_scenario
+    from fedattr.scenario import load_scenario
 
     stored = load_scenario(scenario, ["rounds=2", "train.lr=0.5"]).model_dump(mode="json")
     (out / "scenario.json").write_text(json.dumps(stored))
@@ -194,7 +194,7 @@ def test_resume_of_a_directory_of_other_settings_is_refused(scenario, tmp_path):
 
 
 def test_resume_over_a_damaged_job_is_refused_naming_the_file(scenario, tmp_path):
-    from fedattr.scenario.schema import load_scenario
+    from fedattr.scenario import load_scenario
 
     out = tmp_path / "out"
     job = out / "jobs" / "honest__s0"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fedattr.cli.app import app
 from fedattr.core.errors import UserError
-from fedattr.scenario import Scenario, load_scenario
+from fedattr.scenario import Scenario, load_scenario, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scenarios" / "demo.toml"
@@ -117,7 +117,7 @@ def test_scenario_check_prints_the_resolved_scenario(cli, fake_runner):
     assert result.exit_code == 0, result.output
     resolved = tomllib.loads(result.stdout)
     assert resolved["partition"]["alpha"] == 0.1
-    assert resolved == tomllib.loads(load_scenario(DEMO, ["partition.alpha=0.1"]).to_toml())
+    assert resolved == tomllib.loads(to_toml(load_scenario(DEMO, ["partition.alpha=0.1"])))
     sc = load_scenario(DEMO, [])
     assert "ok" in result.stderr and f"{len(sc.arms)} arms x {len(sc.seeds)} seeds" in result.stderr
 
@@ -151,11 +151,11 @@ def test_scenario_check_unknown_registry_name(cli, fake_runner):
 
 
 def test_scenario_check_survives_a_broken_registry(cli, monkeypatch):
-    import fedattr.scenario.components
+    import fedattr.scenario.checks
 
     def broken(scenario):
         raise ImportError("fedattr.attacks is not ready")
-    monkeypatch.setattr(fedattr.scenario.components, "check_components", broken)
+    monkeypatch.setattr(fedattr.scenario.checks, "check_components", broken)
     result = cli.invoke(app, ["scenario", "check", str(DEMO)])
     assert result.exit_code == 0
     assert "names not checked" in result.stderr

@@ -17,7 +17,7 @@ import pytest
 from fedattr.launch.local import CONNECTION, deploy_scenario, latest_run, node_config
 from fedattr.launch.processes import project_root, tagged_pids
 from fedattr.results.store import read_json, read_jsonl
-from fedattr.scenario.schema import load_scenario
+from fedattr.scenario import load_scenario
 
 TINY = project_root() / "tests" / "compose" / "tiny.toml"
 FEDATTR = str(Path(sys.executable).parent / "fedattr")

@@ -14,7 +14,7 @@ from fedattr.launch.execute import run_scenario
 from fedattr.launch.processes import FLWR_ENV, project_root
 from fedattr.launch.processes import tagged_pids as _tagged_pids
 from fedattr.launch.simulation import simulation_superlink
-from fedattr.scenario.schema import scenario_from_dict
+from fedattr.scenario import scenario_from_dict
 
 pytestmark = pytest.mark.slow
 

@@ -322,7 +322,7 @@ def test_requires_a_fedavg_round_game(tiny):
 
 
 def test_component_check_covers_the_new_parameters():
-    from fedattr.scenario.components import check_evaluator
+    from fedattr.scenario.checks import check_evaluator
 
     assert check_evaluator("logit_surrogate_shapley", {"anchor": "grand"}, 10) is None
     assert check_evaluator("cv_shapley", {"surrogate_kind": "logit", "anchor": "clients"}, 10) is None
@@ -444,7 +444,7 @@ def test_pairs_evaluator_counts_its_forwards_and_draws_its_pairs_with_the_seed(t
 
 
 def test_pairs_parameters_are_checked():
-    from fedattr.scenario.components import check_evaluator
+    from fedattr.scenario.checks import check_evaluator
 
     assert check_evaluator("logit_surrogate_shapley", {"anchor": "pairs", "n_pairs": 40}, 10) is None
     assert "n_pairs must be" in check_evaluator("logit_surrogate_shapley", {"anchor": "pairs", "n_pairs": -2}, 10)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from fedattr.scenario.plan import interleave, scenario_jobs
-from fedattr.scenario.schema import load_scenario
+from fedattr.scenario import load_scenario
 
 DEMO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.toml"
 

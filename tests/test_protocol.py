@@ -20,8 +20,8 @@ from fedattr.protocol import (
     read_summary,
     split_testbed,
 )
-from fedattr.scenario.schema import scenario_from_dict
-from fedattr.learning.task import job_spec, plan_entry
+from fedattr.scenario import scenario_from_dict
+from fedattr.scenario.plan import job_spec, plan_entry
 
 
 def _state():
@@ -141,14 +141,14 @@ def test_training_defaults_have_one_source():
     ({"arms": [{"name": "a", "attack": "latnt"}]}, "unknown attack"),
 ])
 def test_every_component_is_checked_before_start_up(patch, needle):
-    from fedattr.scenario.components import check_components
+    from fedattr.scenario.checks import check_components
 
     problems = check_components(scenario_from_dict({"num_clients": 10, **patch}))
     assert len(problems) == 1 and needle in problems[0], problems
 
 
 def test_valid_components_pass_including_stopping_rules_and_round_game_evaluators():
-    from fedattr.scenario.components import check_components
+    from fedattr.scenario.checks import check_components
 
     ok = scenario_from_dict({"num_clients": 8, "attribution": {"evaluators": [
         {"name": "gtg", "params": {"stop": {"standard_error": 0.01, "max_evaluations": 300}}},

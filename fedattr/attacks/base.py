@@ -82,6 +82,10 @@ class Attack:
     def validate(self) -> None:
         """Raise ``UserError`` for parameter values out of range (types are already checked)."""
 
+    def check_classes(self, num_classes: int) -> None:
+        """Raise ``UserError`` for class indices outside the dataset's ``num_classes`` classes
+        (called before start-up, when the dataset is known)."""
+
     def params(self) -> dict[str, Any]:
         """This attack's config as a plain dict."""
         return dataclasses.asdict(self)

@@ -50,13 +50,16 @@ class LabelFlipAttack(Attack):
         except (TypeError, ValueError):
             raise UserError(f"attack 'label_flip': mapping keys and values must be class indices, got {self.mapping!r}") from None
 
+    def check_classes(self, num_classes: int) -> None:
+        bad = [c for pair in (self.mapping or {}).items() for c in pair if not 0 <= c < num_classes]
+        if bad:
+            raise UserError(f"attack 'label_flip': mapping uses classes {sorted(set(bad))} outside 0..{num_classes - 1}")
+
     def flip(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The flipped labels."""
         if self.mapping is None:
             return (y + self.shift) % num_classes
-        bad = [c for pair in self.mapping.items() for c in pair if not 0 <= c < num_classes]
-        if bad:
-            raise UserError(f"attack 'label_flip': mapping uses classes {sorted(set(bad))} outside 0..{num_classes - 1}")
+        self.check_classes(num_classes)
         table = torch.arange(num_classes)
         for src, dst in self.mapping.items():
             table[src] = dst

@@ -22,7 +22,7 @@ from fedattr.launch.train_generator import train_generator
 from fedattr.launch.ownership import check_resume, own_results_dir
 from fedattr.launch.simulation import Progress, execute_plan
 from fedattr.scenario.plan import default_results_dir, interleave, scenario_jobs, write_plan
-from fedattr.scenario.preflight import check_out_dir, check_scenario, registries
+from fedattr.scenario.checks import check_out_dir, check_scenario, registries
 from fedattr.results.store import atomic_write_json, job_state
 
 
@@ -107,7 +107,7 @@ def run_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Pro
     Re-running into an existing results directory resumes it: finished jobs are kept, failed and
     unfinished ones are run again. A directory of other settings is refused unless ``force``
     (then its old results move to ``superseded/``). Every check that can fail before start-up
-    runs first (:func:`fedattr.scenario.preflight.check_scenario`).
+    runs first (:func:`fedattr.scenario.checks.check_scenario`).
     """
     with prepared_run(scenario, out_dir, scenario_path, force) as run:
         run.environment.update(execute_plan(run.plan_path, run.jobs, scenario.num_clients, scenario.runtime,

@@ -2,8 +2,9 @@
 
 A :class:`Job` pairs the typed job spec (``fedattr.protocol.JobSpec``, what to compute, the same
 everywhere) with where this process finds its data (``data_dir``, from the node's settings or the
-server's scenario). The server is the only reader of scenario files; clients rebuild everything
-from the spec, so one ServerApp run can execute many jobs back to back over the same nodes.
+server's scenario). The server is the only reader of scenario files (``fedattr.scenario.plan``
+turns one into job specs); clients rebuild everything from the spec, so one ServerApp run can
+execute many jobs back to back over the same nodes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from fedattr.learning.data import Splits, load_splits, partition_from_spec
 from fedattr.learning.models import build_model
-from fedattr.protocol import AttackSpec, JobSpec, PlanEntry
+from fedattr.protocol import JobSpec
 
 
 @dataclass(frozen=True)
@@ -73,37 +74,3 @@ class Job:
     def client_seed(self, server_round: int, partition_id: int) -> int:
         """Seed of one client's local training in one round (minibatch order)."""
         return (self.seed * 1_000_003 + server_round * 10_007 + partition_id * 101) % (2**31 - 1)
-
-
-def job_spec(scenario: Any, arm: Any, seed: int, *, job_id: str) -> JobSpec:
-    """The job spec of one (arm, seed) of a validated scenario; it names no local path."""
-    return JobSpec(
-        job_id=job_id,
-        scenario_name=scenario.name,
-        arm=arm.name,
-        seed=int(seed),
-        num_clients=scenario.num_clients,
-        attacker_ids=list(scenario.attacker_ids),
-        rounds=scenario.rounds,
-        model=scenario.model,
-        data=scenario.data.model_copy(update={"data_dir": None}),
-        partition=scenario.partition,
-        train=scenario.train,
-        attack=AttackSpec(name=arm.attack, params=dict(arm.params), start_round=arm.start_round,
-                          counterfactual=arm.counterfactual),
-        device=scenario.runtime.device,
-    )
-
-
-def plan_entry(scenario: Any, arm: Any, seed: int, *, job_dir: Any, job_id: str) -> PlanEntry:
-    """One job of a plan: its spec plus the server-side settings of the scenario."""
-    return PlanEntry(
-        dir=str(job_dir),
-        spec=job_spec(scenario, arm, seed, job_id=job_id),
-        attribution=scenario.attribution,
-        aggregation=scenario.aggregation,
-        detectors=list(scenario.detectors),
-        min_clients=scenario.runtime.min_clients,
-        round_timeout_s=scenario.runtime.round_timeout_s,
-        server_data_dir=scenario.data.data_dir,
-    )

@@ -12,32 +12,81 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from fedattr.core.errors import UserError
+from fedattr.protocol import AttackSpec, JobSpec, PlanEntry
 from fedattr.results.store import atomic_write_json, job_name, read_json
-from fedattr.learning.task import plan_entry
+from fedattr.scenario.schema import ArmSpec, Scenario
 
 
-def default_results_dir(scenario: Any, anchor: Path | None = None) -> Path:
+def job_spec(scenario: Scenario, arm: ArmSpec, seed: int, *, job_id: str) -> JobSpec:
+    """The job spec of one (arm, seed) of a validated scenario; it names no local path."""
+    return JobSpec(
+        job_id=job_id,
+        scenario_name=scenario.name,
+        arm=arm.name,
+        seed=int(seed),
+        num_clients=scenario.num_clients,
+        attacker_ids=list(scenario.attacker_ids),
+        rounds=scenario.rounds,
+        model=scenario.model,
+        data=scenario.data.model_copy(update={"data_dir": None}),
+        partition=scenario.partition,
+        train=scenario.train,
+        attack=AttackSpec(name=arm.attack, params=dict(arm.params), start_round=arm.start_round,
+                          counterfactual=arm.counterfactual),
+        device=scenario.runtime.device,
+    )
+
+
+def plan_entry(scenario: Scenario, arm: ArmSpec, seed: int, *, job_dir: str | Path,
+               job_id: str) -> PlanEntry:
+    """One job of a plan: its spec plus the server-side settings of the scenario."""
+    return PlanEntry(
+        dir=str(job_dir),
+        spec=job_spec(scenario, arm, seed, job_id=job_id),
+        attribution=scenario.attribution,
+        aggregation=scenario.aggregation,
+        detectors=list(scenario.detectors),
+        min_clients=scenario.runtime.min_clients,
+        round_timeout_s=scenario.runtime.round_timeout_s,
+        server_data_dir=scenario.data.data_dir,
+    )
+
+
+def inside(path: Path, base: Path, what: str) -> Path:
+    """``path``, refused (UserError) unless, resolved, it lies strictly inside ``base``."""
+    resolved, root = path.resolve(), base.resolve()
+    if resolved == root or root not in resolved.parents:
+        raise UserError(f"{what} {resolved} would lie outside {root}; results stay under the "
+                        f"chosen directory")
+    return path
+
+
+def default_results_dir(scenario: Scenario, anchor: Path | None = None) -> Path:
     """``<output_dir>/<name>-<UTC time>``, absolute; a relative ``output_dir`` is taken relative
     to ``anchor`` (default: the current directory; the ServerApp passes the home directory, since
-    its working directory is the SuperLink's)."""
+    its working directory is the SuperLink's). The result always lies inside ``output_dir``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     base = Path(scenario.output_dir).expanduser()
     if not base.is_absolute():
         base = (anchor or Path.cwd()) / base
-    return (base / f"{scenario.name}-{stamp}").resolve()
+    out = inside(base / f"{scenario.name}-{stamp}", base,
+                 f"the results directory of scenario {scenario.name!r}")
+    return out.resolve()
 
 
-def scenario_jobs(scenario: Any, results_dir: Path) -> list[dict[str, Any]]:
+def scenario_jobs(scenario: Scenario, results_dir: Path) -> list[dict[str, Any]]:
     """One plan entry (``fedattr.protocol.PlanEntry``, as JSON) per (arm, seed) of ``scenario``.
 
     Seeds are outermost so that the arms of a seed run together. No cache or data path is part
-    of a job: each node finds its own.
+    of a job: each node finds its own. Every job directory lies inside ``results_dir``.
     """
     jobs = []
     for seed in scenario.seeds:
         for arm in scenario.arms:
             name = job_name(arm.name, seed)
-            entry = plan_entry(scenario, arm, seed, job_dir=results_dir / "jobs" / name,
+            job_dir = inside(results_dir / "jobs" / name, results_dir, f"job directory of {name!r}")
+            entry = plan_entry(scenario, arm, seed, job_dir=job_dir,
                                job_id=f"{results_dir.name}/{name}")
             jobs.append(entry.model_dump(mode="json"))
     return jobs

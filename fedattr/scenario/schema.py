@@ -2,38 +2,21 @@
 
 A scenario names the data, partition, model, training, attribution evaluators, aggregation,
 runtime and the arms to compare (``honest``, ``attack`` and baselines) over a list of seeds.
-This module imports no sibling module: everyone reads it, it reads no one.
-
-Overrides (``--set key=value``) use dotted keys. A segment after a list field selects elements:
-an index (``arms.1.params.synthetic_fraction=0.5``), an element's ``name``
-(``arms.attack.start_round=2``, ``attribution.evaluators.shapley.params.budget=100``), or ``*``
-for every element. The reserved prefix ``attack.`` sets a key inside ``params`` of the arms whose
-``attack`` is not ``"honest"`` (``attack.synthetic_fraction=0.1``), which is what a sweep over an
-attack hyper-parameter wants: of those arms, the ones whose params already hold the key (so a
-baseline without that parameter is left alone), or all of them when none holds it. Values are parsed as TOML values (``0.1``, ``[0,1,2]``,
-``{steps=50}``, ``true``); anything that is not valid TOML is taken as a plain string.
+This module holds the pydantic models only and imports no sibling module: everyone reads it,
+it reads no one. Loading, overrides, grids, TOML output and the checks against the registries
+live beside it in the ``fedattr.scenario`` package.
 """
 
 from __future__ import annotations
 
-import datetime
-import difflib
-import itertools
-import json
-import math
 import re
-import tomllib
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 __all__ = [
-    "ScenarioError",
     "DataSpec",
     "PartitionSpec",
     "TrainSpec",
@@ -45,15 +28,6 @@ __all__ = [
     "RuntimeSpec",
     "Scenario",
     "HONEST_ATTACK",
-    "load_scenario",
-    "scenario_from_dict",
-    "dump_resolved",
-    "to_toml",
-    "apply_overrides",
-    "parse_overrides",
-    "parse_grid",
-    "expand_grid",
-    "schema_text",
 ]
 
 #: The ``attack`` value of an arm in which the attacker behaves.
@@ -61,10 +35,9 @@ HONEST_ATTACK = "honest"
 
 # Arm names become directory names (``jobs/<arm>__s<seed>``): keep them path-safe and free of "__".
 _ARM_NAME = r"^[A-Za-z0-9]+([_-][A-Za-z0-9]+)*$"
-
-
-class ScenarioError(Exception):
-    """A scenario (file, override or grid) is invalid; the message names field, value and rule."""
+# The scenario name is one path segment of the results directory: ASCII letters, digits, '.', '_'
+# and '-', never a leading '.' (so never '.' or '..') and never a separator.
+_SCENARIO_NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 
 
 class _Spec(BaseModel):
@@ -247,6 +220,9 @@ class AggregationSpec(_Spec):
     params: dict[str, Any] = Field(default_factory=dict, description="strategy parameters, e.g. "
                                    "beta (fedtrimmedavg), num_malicious_nodes (krum, multikrum, "
                                    "bulyan)")
+    max_weight_ratio: float | None = Field(4.0, ge=1, description="a reply's claimed num-examples "
+                                           "is capped at this many times the round's median claim "
+                                           "before aggregation and attribution; None = no cap")
 
 
 class DetectorSpec(_Spec):
@@ -281,7 +257,9 @@ class RuntimeSpec(_Spec):
 class Scenario(_Spec):
     """A whole experiment: arms compared over seeds on identical data, partitions and training."""
 
-    name: str = Field("demo", min_length=1, description="scenario name (used in result paths)")
+    name: str = Field("demo", min_length=1, max_length=100, description="scenario name: letters, "
+                      "digits, '.', '_' and '-', not starting with '.' (it names the results "
+                      "directory under output_dir)")
     description: str = Field("", description="free text shown in the report")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="run seeds; "
                              "every arm runs once per seed; non-empty, unique, >= 0")
@@ -306,6 +284,16 @@ class Scenario(_Spec):
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="runtime and resources")
     output_dir: str = Field("results", min_length=1, description="where result directories are "
                             "created; a relative path is relative to the current working directory")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_slug(cls, v: str) -> str:
+        """The name becomes one directory under output_dir: no separator, no '..', no quotes."""
+        if not re.fullmatch(_SCENARIO_NAME, v):
+            raise PydanticCustomError("scenario_name", "must be letters, digits, '.', '_' or '-' "
+                                      "and not start with '.' (it names a directory under "
+                                      "output_dir)")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -367,483 +355,6 @@ class Scenario(_Spec):
                          f"must be <= data.val_size ({self.data.val_size})")
         return self
 
-    def to_toml(self) -> str:
-        """This scenario, all defaults filled, as TOML text that ``load_scenario`` reads back."""
-        return to_toml(self)
-
     def honest_arm(self) -> ArmSpec | None:
         """The first arm whose attack is ``honest`` (the reference of paired inflation), if any."""
         return next((a for a in self.arms if a.attack == HONEST_ATTACK), None)
-
-
-# --------------------------------------------------------------------------- error formatting
-
-def _short(value: Any, limit: int = 80) -> str:
-    """A one-line repr of a value, cut to ``limit`` characters."""
-    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The model class that owns the last segment of ``loc`` (None inside free dicts)."""
-    cls: type[BaseModel] | None = Scenario
-    for seg in loc[:-1]:
-        if cls is None:
-            return None
-        if isinstance(seg, int):
-            continue  # list index: the element model was already selected by the list field
-        info = cls.model_fields.get(seg)
-        cls = _inner_model(info.annotation) if info else None
-    return cls
-
-
-def _format_error(err: Mapping[str, Any]) -> str:
-    """One line for one pydantic error: ``field = value: what is allowed``."""
-    ctx = err.get("ctx") or {}
-    if err["type"] == "cross_field":
-        return f"{ctx['field']} = {_short(ctx['value'])}: {ctx['message']}"
-    loc = [s for s in err["loc"] if not (isinstance(s, str) and s.startswith("function-"))]
-    field = ".".join(str(s) for s in loc) or "(scenario)"
-    if err["type"] == "extra_forbidden":
-        owner = _model_at(loc)
-        allowed = sorted(owner.model_fields) if owner else []
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return (f"{field} = {_short(err['input'])}: unknown key (allowed: "
-                f"{', '.join(allowed)}){hint}")
-    if err["type"] == "missing":
-        return f"{field}: required, but not given"
-    return f"{field} = {_short(err['input'])}: {err['msg']}"
-
-
-def _as_scenario_error(exc: ValidationError, where: str) -> ScenarioError:
-    """Turn a pydantic ValidationError into one readable ScenarioError."""
-    lines = [_format_error(e) for e in exc.errors()]
-    head = f"invalid scenario {where}:" if where else "invalid scenario:"
-    return ScenarioError("\n".join([head] + [f"  - {line}" for line in lines]))
-
-
-# --------------------------------------------------------------------------- loading
-
-def scenario_from_dict(data: Mapping[str, Any], *, where: str = "") -> Scenario:
-    """Validate a plain dict (as read from TOML or scenario.json) into a Scenario.
-
-    Raises ScenarioError naming every offending field, its value and what is allowed.
-    """
-    if not isinstance(data, Mapping):
-        raise ScenarioError(f"invalid scenario {where}: expected a table, got {_short(data)}")
-    try:
-        return Scenario.model_validate(dict(data))
-    except ValidationError as exc:
-        raise _as_scenario_error(exc, where) from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file, turning every failure into a ScenarioError."""
-    if not path.exists():
-        raise ScenarioError(f"scenario file not found: {path}")
-    if not path.is_file():
-        raise ScenarioError(f"scenario path is not a file: {path}")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: TOML syntax error: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"cannot read scenario file {path}: {exc}") from None
-
-
-def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
-    """Read a TOML scenario, apply ``key=value`` overrides (dotted keys) and validate it.
-
-    Every failure (missing file, TOML syntax, unknown key, wrong type, out-of-range value, bad
-    override) raises ScenarioError with one readable message.
-    """
-    path = Path(path)
-    raw = _read_toml(path)
-    pairs = parse_overrides(overrides)
-    data = apply_overrides(raw, pairs)
-    suffix = f" (with --set {', '.join(k for k, _ in pairs)})" if pairs else ""
-    return scenario_from_dict(data, where=f"{path}{suffix}")
-
-
-def dump_resolved(scenario: Scenario) -> dict[str, Any]:
-    """The scenario as a JSON-ready dict with every default filled in (what scenario.json holds)."""
-    return scenario.model_dump(mode="json")
-
-
-# --------------------------------------------------------------------------- overrides
-
-def _parse_value(text: str) -> Any:
-    """Parse an override value as a TOML value; fall back to the plain string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """Turn ``["train.lr=0.1", ...]`` (or a mapping of already-typed values) into (key, value).
-
-    String values are parsed as TOML values, falling back to strings.
-    """
-    if isinstance(overrides, Mapping):
-        return [(str(k), _parse_value(v) if isinstance(v, str) else v)
-                for k, v in overrides.items()]
-    if isinstance(overrides, str):  # a lone string is a common slip: treat it as one override
-        overrides = [overrides]
-    pairs = []
-    for item in overrides:
-        key, sep, value = str(item).partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ScenarioError(f"override {item!r}: expected key=value, e.g. train.lr=0.1")
-        pairs.append((key, _parse_value(value.strip())))
-    return pairs
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    """``X | None`` -> X; anything else unchanged."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    """The model class of a field typed ``Model``, ``Model | None`` or ``list[Model]``."""
-    ann = _unwrap_optional(annotation)
-    if typing.get_origin(ann) is list:
-        ann = typing.get_args(ann)[0]
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-
-
-def _field_default(cls: type[BaseModel] | None, key: str) -> Any:
-    """JSON-ready default of a field that is missing from the raw data (None if unknown)."""
-    info = cls.model_fields.get(key) if cls else None
-    if info is None or info.is_required():
-        return None
-    value = info.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
-    return value
-
-
-def _select(items: list[Any], seg: str, trail: str) -> list[int]:
-    """Indices of list elements chosen by an index, an element name, or ``*``."""
-    if seg == "*":
-        return list(range(len(items)))
-    if re.fullmatch(r"\d+", seg):
-        i = int(seg)
-        if i > len(items):  # i == len appends a new element
-            raise ScenarioError(f"override {trail}: index {i} is out of range (have {len(items)} "
-                                f"elements; use {len(items)} to append one)")
-        if i == len(items):
-            items.append({})
-        return [i]
-    named = [i for i, it in enumerate(items) if isinstance(it, Mapping) and it.get("name") == seg]
-    if not named:
-        names = [str(it.get("name")) for it in items if isinstance(it, Mapping)]
-        raise ScenarioError(f"override {trail}: no element named {seg!r} (have: "
-                            f"{', '.join(names) or 'none'}; or use an index or *)")
-    return named
-
-
-def _set_path(node: Any, segs: list[str], value: Any, cls: type[BaseModel] | None,
-              trail: str) -> None:
-    """Set ``value`` at the dotted path ``segs`` inside ``node``, creating tables as needed.
-
-    ``cls`` is the model that describes ``node`` (None inside free dicts such as params); it is
-    used to materialise defaults, so that ``arms.attack...`` works when the file omits [[arms]].
-    """
-    seg, rest = segs[0], segs[1:]
-    if isinstance(node, list):
-        for i in _select(node, seg, trail):
-            if rest:
-                _set_path(node[i], rest, value, cls, trail)
-            else:
-                node[i] = value
-        return
-    if not isinstance(node, dict):
-        raise ScenarioError(f"override {trail}: cannot set {seg!r} inside a non-table value "
-                            f"{_short(node)}")
-    if not rest:
-        node[seg] = value
-        return
-    info = cls.model_fields.get(seg) if cls else None
-    if seg not in node:
-        default = _field_default(cls, seg)
-        node[seg] = default if isinstance(default, (dict, list)) else {}
-    _set_path(node[seg], rest, value, _inner_model(info.annotation) if info else None, trail)
-
-
-def _has_path(node: Any, segs: Sequence[str]) -> bool:
-    """True when the nested tables in ``node`` hold the dotted path ``segs``."""
-    for seg in segs:
-        if not isinstance(node, Mapping) or seg not in node:
-            return False
-        node = node[seg]
-    return True
-
-
-def _copy(data: Any) -> Any:
-    """Deep copy of plain TOML/JSON data."""
-    if isinstance(data, dict):
-        return {k: _copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_copy(v) for v in data]
-    return data
-
-
-def apply_overrides(data: Mapping[str, Any],
-                    overrides: Sequence[str] | Mapping[str, Any] | Sequence[tuple[str, Any]]
-                    ) -> dict[str, Any]:
-    """A copy of raw scenario data with dotted-key overrides applied (see the module docstring).
-
-    ``overrides`` is a list of ``key=value`` strings, a mapping, or parsed (key, value) pairs.
-    Raises ScenarioError for a key that cannot be navigated (the values are validated later).
-    """
-    if overrides and not isinstance(overrides, (Mapping, str)) and all(
-            isinstance(o, tuple) for o in overrides):
-        pairs = list(overrides)
-    else:
-        pairs = parse_overrides(overrides)  # type: ignore[arg-type]
-    out = _copy(dict(data))
-    for key, value in pairs:
-        segs = key.split(".")
-        if any(not s for s in segs):
-            raise ScenarioError(f"override {key!r}: empty segment in dotted key")
-        if segs[0] == "attack":
-            if len(segs) < 2:
-                raise ScenarioError(f"override {key!r}: use attack.<param>=value to set a "
-                                    f"parameter of every non-honest arm")
-            if "arms" not in out:
-                out["arms"] = _field_default(Scenario, "arms")
-            arms = out["arms"] if isinstance(out["arms"], list) else []
-            hits = [a for a in arms if isinstance(a, dict)
-                    and a.get("attack", HONEST_ATTACK) != HONEST_ATTACK]
-            if not hits:
-                raise ScenarioError(f"override {key!r}: no arm with a non-honest attack to set "
-                                    f"it on")
-            # arms that already set the parameter are the ones that use it (a noise-floor
-            # baseline has no synthetic_fraction); if none sets it, every non-honest arm gets it
-            users = [a for a in hits if _has_path(a.get("params"), segs[1:])]
-            hits = users or hits
-            for arm in hits:
-                _set_path(arm, ["params", *segs[1:]], value, ArmSpec, key)
-            continue
-        _set_path(out, segs, value, Scenario, key)
-    return out
-
-
-# --------------------------------------------------------------------------- grids
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside brackets, braces or quotes."""
-    parts, depth, quote, cur = [], 0, "", []
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur).strip())
-    return parts
-
-
-def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
-    """Turn ``["partition.alpha=0.1,0.5", "seeds=[0,1],[2,3]"]`` into a grid dict.
-
-    Commas inside brackets/braces/quotes do not split values. Raises ScenarioError on bad syntax.
-    """
-    grid: dict[str, list[str]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ScenarioError(f"grid {item!r}: expected key=v1,v2,... e.g. "
-                                f"partition.alpha=0.1,0.5")
-        vals = _split_top_level(values)
-        if not values.strip() or any(v == "" for v in vals):
-            raise ScenarioError(f"grid {item!r}: empty value in the list")
-        if key in grid:
-            raise ScenarioError(f"grid key {key!r} given twice")
-        grid[key] = vals
-    return grid
-
-
-def expand_grid(scenario: Scenario, grid: Mapping[str, Sequence[str]]
-                ) -> list[tuple[dict[str, str], Scenario]]:
-    """Cartesian product of grid overrides on ``scenario``; one validated Scenario per point.
-
-    Points are ordered like ``itertools.product`` over the keys in the grid's order. An empty
-    grid gives one point with no overrides. Raises ScenarioError naming the point and field.
-    """
-    for key, values in grid.items():
-        if isinstance(values, str) or len(values) == 0:
-            raise ScenarioError(f"grid key {key!r}: needs a non-empty list of values")
-    base = dump_resolved(scenario)
-    keys = list(grid)
-    points = []
-    for combo in itertools.product(*(list(grid[k]) for k in keys)):
-        overrides = {k: str(v) for k, v in zip(keys, combo)}
-        label = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        try:
-            data = apply_overrides(base, overrides)
-            points.append((overrides, scenario_from_dict(data, where=f"at grid point {label}")))
-        except ScenarioError as exc:
-            if str(exc).startswith("invalid scenario"):
-                raise
-            raise ScenarioError(f"grid point {label}: {exc}") from None
-    return points
-
-
-# --------------------------------------------------------------------------- TOML output
-
-def _toml_key(key: str) -> str:
-    """A bare TOML key when possible, else a quoted one."""
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
-def _toml_value(value: Any) -> str:
-    """A TOML inline value (None has no TOML form: callers drop it)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (datetime.date, datetime.time)):  # TOML has native date/time values
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}"
-                               for k, v in value.items() if v is not None) + "}"
-    raise ScenarioError(f"cannot write {value!r} as TOML")
-
-
-def _is_table_list(value: Any) -> bool:
-    """A non-empty list of tables is written as [[array of tables]]."""
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _toml_table(data: Mapping[str, Any], prefix: str, out: list[str]) -> None:
-    """Append ``data`` as TOML lines: scalars first, then sub-tables and arrays of tables."""
-    for key, value in data.items():
-        if value is None or isinstance(value, dict) and prefix == "" or _is_table_list(value):
-            continue
-        out.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in data.items():
-        name = f"{prefix}{_toml_key(key)}"
-        if isinstance(value, dict) and prefix == "":
-            out.extend(["", f"[{name}]"])
-            _toml_table(value, f"{name}.", out)
-        elif _is_table_list(value):
-            for item in value:
-                out.extend(["", f"[[{name}]]"])
-                _toml_table(item, f"{name}.", out)
-
-
-def to_toml(scenario: Scenario) -> str:
-    """TOML text of the resolved scenario (None-valued fields are omitted: they are defaults)."""
-    lines: list[str] = []
-    # python mode keeps inf/nan, which JSON mode would turn into null (and TOML would drop)
-    _toml_table(scenario.model_dump(mode="python"), "", lines)
-    return "\n".join(lines).strip() + "\n"
-
-
-# --------------------------------------------------------------------------- schema listing
-
-def _type_text(annotation: Any) -> str:
-    """A readable type: ``"iid" | "dirichlet"``, ``int | None``, ``list[int]``."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return " | ".join(json.dumps(a) for a in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_text(a) for a in typing.get_args(annotation))
-    if origin is list:
-        return f"list[{_type_text(typing.get_args(annotation)[0])}]"
-    if origin is dict:
-        return "table"
-    if annotation is type(None):
-        return "None"
-    if annotation is Any:
-        return "any"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "min length",
-           "max_length": "max length", "pattern": "pattern"}
-
-
-def _constraints_text(info: Any) -> str:
-    """Bounds of a field (``>= 2, <= 64``) read from its metadata."""
-    parts = []
-    for meta in info.metadata:
-        for attr, sym in _BOUNDS.items():
-            v = getattr(meta, attr, None)
-            if v is not None:
-                parts.append(f"{sym} {v}")
-    return ", ".join(parts)
-
-
-def _default_text(info: Any) -> str:
-    """The default of a field as TOML-ish text (sections and lists of tables summarised)."""
-    if info.is_required():
-        return "required"
-    value = info.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
-        return "(section)"
-    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        return _toml_value([{k: v for k, v in x.model_dump(mode="json").items()
-                             if k in ("name", "attack")} for x in value])
-    return "None" if value is None else _toml_value(value)
-
-
-def _schema_lines(cls: type[BaseModel], prefix: str, out: list[str]) -> None:
-    """Append one line per field of ``cls``, then its sections (recursively)."""
-    nested = []
-    for name, info in cls.model_fields.items():
-        sub = _inner_model(info.annotation)
-        if sub is not None:
-            nested.append((name, info, sub))
-            if typing.get_origin(_unwrap_optional(info.annotation)) is not list:
-                continue
-        ann = f"list[{sub.__name__}]" if sub else _type_text(info.annotation)
-        bounds = _constraints_text(info)
-        out.append(f"  {prefix}{name}: {ann} = {_default_text(info)}"
-                   + (f"  ({bounds})" if bounds else ""))
-        out.append(f"      {info.description or ''}")
-    for name, info, sub in nested:
-        is_list = typing.get_origin(_unwrap_optional(info.annotation)) is list
-        head = f"[[{prefix}{name}]]" if is_list else f"[{prefix}{name}]"
-        out.extend(["", f"{head}  {info.description or ''}"])
-        _schema_lines(sub, "" if is_list else f"{prefix}{name}.", out)
-
-
-def schema_text() -> str:
-    """A readable listing of every scenario field: type, default, bounds and description."""
-    out = ["Scenario file (TOML). Top-level fields:"]
-    _schema_lines(Scenario, "", out)
-    out += ["", "Overrides: --set key=value with dotted keys (train.lr=0.1, seeds=[0,1,2]);",
-            "list elements by index, name or * (arms.attack.params.synthetic_fraction=0.25);",
-            "attack.<param>=v sets params.<param> on the non-honest arms that already set it",
-            "(on every non-honest arm when none does)."]
-    return "\n".join(out) + "\n"
