@@ -147,3 +147,107 @@ def test_bad_withholding_is_a_user_error(splits):
         partition_indices(tuple(splits.y_pool.tolist()), "pathological", 4, 0.5, 9, 10, 0, (0, 1))
     with pytest.raises(UserError):
         partition_indices(tuple(splits.y_pool.tolist()), "iid", 4, 0.5, 2, 10, 0, (0,), (0,), 1.5)
+
+
+# --- digits: scikit-learn's 8x8 digits, embedded like mnist5k ---------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_splits.__wrapped__("digits")
+
+
+def test_digits_splits_are_sized_scaled_disjoint_and_seeded(digits):
+    from sklearn.datasets import load_digits
+
+    from fedattr.learning.data import DATASETS, DEFAULT_SIZES
+
+    assert DATASETS["digits"][1:] == (1, 8, 10)
+    val, test, aux = DEFAULT_SIZES["digits"]
+    assert (len(digits.y_val), len(digits.y_test), len(digits.y_aux)) == (val, test, aux)
+    assert len(digits.y_pool) == 1797 - val - test - aux > 0
+    assert (digits.channels, digits.side, digits.num_classes) == (1, 8, 10)
+    for x in (digits.x_pool, digits.x_val, digits.x_test, digits.x_aux):
+        assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(digits.x_pool.max()) == 1.0  # 16 -> 1: scaled by 16, not by 255
+    # Every image lands in exactly one split, with its own label.
+    raw = load_digits()
+    by_hash = {hashlib.sha1((img / 16.0).astype(np.float32).tobytes()).hexdigest(): int(t)
+               for img, t in zip(raw.images, raw.target)}
+    parts = [_hashes(t) for t in (digits.x_pool, digits.x_val, digits.x_test, digits.x_aux)]
+    assert sum(map(len, parts)) == 1797 and set().union(*parts) == set(by_hash)
+    for x, y in ((digits.x_pool, digits.y_pool), (digits.x_test, digits.y_test)):
+        assert [by_hash[h] for h in (hashlib.sha1(r.numpy().tobytes()).hexdigest() for r in x)] == y.tolist()
+    again = load_splits.__wrapped__("digits")
+    assert torch.equal(again.x_val, digits.x_val) and torch.equal(again.y_pool, digits.y_pool)
+    other = load_splits.__wrapped__("digits", None, None, None, None, None, 1)
+    assert not torch.equal(other.y_val, digits.y_val)
+
+
+def test_digits_sizes_that_exceed_the_dataset_are_one_clear_error():
+    with pytest.raises(UserError, match=r"digits has 1797 images.*2001 does not fit.*val_size = 300"):
+        load_splits.__wrapped__("digits", None, 500, 1000, 500)
+    with pytest.raises(UserError, match="data.pool_size"):
+        load_splits.__wrapped__("digits", None, 300, 400, 200, 1000)
+    fits = load_splits.__wrapped__("digits", None, 300, 400, 200, 897)
+    assert len(fits.y_pool) == 897
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "pathological"])
+def test_digits_partitions_withhold_classes_from_benign_clients(digits, kind):
+    labels = tuple(digits.y_pool.tolist())
+    lab = np.asarray(labels)
+    parts = partition_indices(labels, kind, 8, 0.5, 2, 10, 3, (8, 9), (0,), 0.5)
+    allidx = np.concatenate(parts)
+    assert len(allidx) == len(set(allidx.tolist()))
+    for pid, p in enumerate(parts[1:], 1):
+        assert len(p) > 0 and not np.isin(lab[p], [8, 9]).any(), pid
+    for c in (8, 9):
+        assert int((lab[parts[0]] == c).sum()) == int(round(0.5 * (lab == c).sum()))
+    if kind == "dirichlet":
+        assert min(len(p) for p in parts[1:]) >= 10
+    # The same seed gives the same partitions; another seed others.
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition_indices.__wrapped__(
+        labels, kind, 8, 0.5, 2, 10, 3, (8, 9), (0,), 0.5)))
+    if kind != "iid":
+        other = partition_indices(labels, kind, 8, 0.5, 2, 10, 4, (8, 9), (0,), 0.5)
+        assert any(not np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+# --- a failed download leaves data_dir as it was --------------------------------------------------
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _offline_mnist(monkeypatch):
+    """torchvision's own MNIST class, whose downloads fail after writing a partial file."""
+    import torchvision.datasets.mnist as tv_mnist
+
+    def fail(url, download_root, filename=None, md5=None, **_):
+        from pathlib import Path
+
+        Path(download_root, filename or "part").write_bytes(b"partial")
+        raise OSError("no network")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", fail)
+
+
+def test_failed_download_creates_no_folders_in_a_new_data_dir(tmp_path, monkeypatch):
+    _offline_mnist(monkeypatch)
+    target = tmp_path / "elsewhere" / "data"
+    with pytest.raises(DatasetUnavailableError, match="could not be downloaded"):
+        load_splits.__wrapped__("mnist", str(target))
+    assert _tree(tmp_path) == []  # neither data/, elsewhere/ nor MNIST/raw are left
+
+
+def test_failed_download_leaves_an_existing_data_dir_as_it_was(tmp_path, monkeypatch):
+    _offline_mnist(monkeypatch)
+    (tmp_path / "MNIST").mkdir()
+    (tmp_path / "MNIST" / "notes.txt").write_text("kept")
+    (tmp_path / "other.bin").write_bytes(b"\x00")
+    before = _tree(tmp_path)
+    with pytest.raises(DatasetUnavailableError):
+        load_splits.__wrapped__("mnist", str(tmp_path))
+    assert _tree(tmp_path) == before
+    assert (tmp_path / "MNIST" / "notes.txt").read_text() == "kept"

@@ -6,17 +6,21 @@ from fedattr.learning.models import MODELS, build_model, resolve_device
 from fedattr.learning.training import evaluate, train_local
 
 
-@pytest.mark.parametrize("name,channels,side", [("cnn", 1, 28), ("cnn", 3, 32), ("vgg11", 3, 32),
-                                                ("resnet18", 3, 32), ("wrn16_4", 3, 32)])
+@pytest.mark.parametrize("name,channels,side", [("cnn", 1, 28), ("cnn", 3, 32), ("cnn", 1, 8), ("vgg11", 3, 32),
+                                                ("resnet18", 3, 32), ("wrn16_4", 3, 32), ("mlp", 1, 28),
+                                                ("mlp", 1, 8), ("resnet8", 1, 28), ("resnet8", 1, 8)])
 def test_model_output_shapes(name, channels, side):
     model = build_model(name, 10, channels, side).eval()
     assert model(torch.rand(3, channels, side, side)).shape == (3, 10)
 
 
 def test_registry_and_errors():
-    assert set(MODELS) == {"cnn", "vgg11", "resnet18", "wrn16_4"}
+    assert set(MODELS) == {"mlp", "cnn", "resnet8", "vgg11", "resnet18", "wrn16_4"}
     with pytest.raises(UserError):
         build_model("alexnet")
+    for name in ("cnn", "resnet8"):
+        with pytest.raises(UserError, match="at least 4x4"):
+            build_model(name, 10, 1, 3)
     assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(UserError):

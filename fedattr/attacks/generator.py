@@ -35,14 +35,19 @@ def default_latent_dim(channels: int) -> int:
 
 
 class VAE(nn.Module):
-    """Convolutional VAE for C x side x side images in [0, 1]; the decoder ends in a sigmoid."""
+    """Convolutional VAE for C x side x side images in [0, 1]; the decoder ends in a sigmoid.
+
+    The encoder halves the side two or three times (three from 32 pixels up), so the same class
+    serves 8x8 digits, 28x28 MNIST and 32x32 colour images.
+    """
 
     def __init__(self, channels: int = 1, side: int = 28, latent_dim: int = 16, width: int = DEFAULT_WIDTH):
         super().__init__()
-        # 28 = 7 * 4 takes two stride-2 stages, 32 = 4 * 8 three; any side divisible by 4 works.
-        stages = 3 if side % 8 == 0 else 2
+        # Stride-2 stages until the map is small but at least 4 wide where possible: 32 = 4 * 8
+        # takes three, 28 = 7 * 4 two, 8 = 2 * 4 (digits) two; any side divisible by 4 works.
         if side % 4 != 0:
             raise UserError(f"the VAE needs an image side divisible by 4, got {side}")
+        stages = 3 if side % 8 == 0 and side >= 32 else 2
         self.config = {"channels": channels, "side": side, "latent_dim": latent_dim, "width": width}
         self.latent_dim = latent_dim
         self.base = side // 2**stages

@@ -275,10 +275,13 @@ class ModelUtility:
                 flats[1, e.offset:e.offset + e.numel] = flats[0, e.offset:e.offset + e.numel]
             x = self._x[: min(4, self.n_val_)]
             with torch.no_grad():
-                got = net.forward(net.prepare(self.layout.unflatten_batch(flats)), x)
+                try:
+                    got = net.forward(net.prepare(self.layout.unflatten_batch(flats)), x)
+                except RuntimeError:  # shapes that do not chain, e.g. a residual block's projection
+                    got = None
                 ref = torch.stack([functional_call(self._model, self.layout.unflatten(f), (x,)) for f in flats])
             tol = 1e-4 * max(1.0, float(ref.abs().max()))
-            if got.shape == ref.shape and float((got - ref).abs().max()) <= tol:
+            if got is not None and got.shape == ref.shape and float((got - ref).abs().max()) <= tol:
                 self._stacked_net = net
                 return
             reason = "its stacked forward differs from its own forward (not a plain sequence of layers)"

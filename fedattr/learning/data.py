@@ -10,6 +10,7 @@ ones without exchanging data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -23,14 +24,20 @@ import torch
 
 from fedattr.core.errors import DatasetUnavailableError, UserError
 
-#: name -> (torchvision class name, channels, side, classes)
+#: name -> (torchvision class name, channels, side, classes); None = embedded (offline) dataset
 DATASETS: dict[str, tuple[str | None, int, int, int]] = {
     "mnist5k": (None, 1, 28, 10),
+    "digits": (None, 1, 8, 10),
     "mnist": ("MNIST", 1, 28, 10),
     "fashion_mnist": ("FashionMNIST", 1, 28, 10),
     "cifar10": ("CIFAR10", 3, 32, 10),
     "svhn": ("SVHN", 3, 32, 10),
 }
+
+#: (val_size, test_size, aux_size) when ``load_splits`` is given none; the small embedded
+#: ``digits`` (1,797 images) keeps half of its images for the client pool.
+DEFAULT_SIZES: dict[str, tuple[int, int, int]] = {"digits": (300, 400, 200)}
+_GENERIC_SIZES = (1000, 1000, 500)
 
 PARTITIONERS = ("iid", "dirichlet", "pathological")
 
@@ -76,6 +83,59 @@ def _load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     return _to_tensor_images(x, 1, 28), torch.from_numpy(np.asarray(y)).long()
 
 
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 8x8 digits; pixel counts 0..16 scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(np.ascontiguousarray(bunch.images, dtype=np.float32)[:, None]) / 16.0
+    return x, torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+
+
+#: embedded datasets: loaded from installed packages, cut entirely from their own images
+_EMBEDDED = {"mnist5k": _load_mnist5k, "digits": _load_digits}
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    out = []
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            break
+        out.append(p)
+    return out
+
+
+@contextlib.contextmanager
+def _undo_new_paths(root: Path):
+    """On an exception, remove what the block created under ``root`` (and ``root``'s new parents).
+
+    A failed download must leave a data directory as it was: torchvision creates its folders
+    (e.g. ``MNIST/raw``) and partial files before the network fails.
+    """
+    root = Path(root).absolute()
+    created_dirs = _missing_parents(root)
+    before = set()
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            before.update(Path(dirpath, n) for n in (*dirnames, *filenames))
+    try:
+        yield
+    except BaseException:
+        if root.is_dir():
+            new = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                new.extend(p for p in (Path(dirpath, n) for n in (*dirnames, *filenames)) if p not in before)
+            # Deepest first, so a directory is empty when its turn comes.
+            for path in sorted(new, key=lambda q: len(q.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+        for d in created_dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
 def _load_torchvision(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision.datasets as tvd
 
@@ -86,7 +146,8 @@ def _load_torchvision(name: str, data_dir: Path, train: bool) -> tuple[torch.Ten
         ds = cls(root=str(data_dir), download=False, **kwargs)
     except (RuntimeError, FileNotFoundError):
         try:
-            ds = cls(root=str(data_dir), download=True, **kwargs)
+            with _undo_new_paths(data_dir):
+                ds = cls(root=str(data_dir), download=True, **kwargs)
         except Exception as exc:  # network errors come in many types
             raise DatasetUnavailableError(
                 f"dataset {name!r} is not in {data_dir} and could not be downloaded ({exc.__class__.__name__}). "
@@ -107,27 +168,36 @@ def _load_torchvision(name: str, data_dir: Path, train: bool) -> tuple[torch.Ten
 def load_splits(
     dataset: str = "mnist5k",
     data_dir: str | None = None,
-    val_size: int = 1000,
-    test_size: int = 1000,
-    aux_size: int = 500,
+    val_size: int | None = None,
+    test_size: int | None = None,
+    aux_size: int | None = None,
     pool_size: int | None = None,
     split_seed: int = 0,
 ) -> Splits:
     """Load ``dataset`` and cut seeded, disjoint splits.
 
-    ``mnist5k`` is cut entirely from its 5,000 images; torchvision datasets take the test split
-    from their official test set and the others from the training set.
+    Embedded datasets (``mnist5k``, ``digits``) are cut entirely from their own images;
+    torchvision datasets take the test split from their official test set and the others from
+    the training set. A size left as None takes the dataset's default (``DEFAULT_SIZES``, else
+    1000 validation, 1000 test and 500 auxiliary images).
     """
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
+    defaults = DEFAULT_SIZES.get(dataset, _GENERIC_SIZES)
+    val_size, test_size, aux_size = (d if v is None else int(v)
+                                     for v, d in zip((val_size, test_size, aux_size), defaults))
     _, channels, side, num_classes = DATASETS[dataset]
     rng = np.random.default_rng(split_seed)
-    if dataset == "mnist5k":
-        x, y = _load_mnist5k()
+    if dataset in _EMBEDDED:
+        x, y = _EMBEDDED[dataset]()
         need = val_size + test_size + aux_size + (pool_size or 1)
         if need > len(y):
+            dv, dt, da = defaults
             raise UserError(
-                f"mnist5k has {len(y)} images; val_size + test_size + aux_size + pool = {need} does not fit"
+                f"{dataset} has {len(y)} images; data.val_size ({val_size}) + data.test_size ({test_size}) + "
+                f"data.aux_size ({aux_size}) + {'data.pool_size' if pool_size else 'at least one pool image'} "
+                f"({pool_size or 1}) = {need} does not fit; lower them (the defaults for {dataset}: "
+                f"val_size = {dv}, test_size = {dt}, aux_size = {da})"
             )
         order = rng.permutation(len(y))
         test_idx, rest = order[:test_size], order[test_size:]

@@ -1,4 +1,5 @@
-"""The model zoo: a small CNN for 28x28 grey images, VGG-11, ResNet-18 and WRN-16-4 for 32x32 colour.
+"""The model zoo: an MLP, a small CNN and ResNet-8 for small grey images (28x28 or 8x8), VGG-11,
+ResNet-18 and WRN-16-4 for 32x32 colour.
 
 Every model takes float images in [0, 1] and normalises them itself, so data, generators and
 attacks never have to agree on normalisation constants.
@@ -22,20 +23,94 @@ class _Normalise(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Two conv layers and two linear layers (about 44k parameters at 28x28)."""
+    """Two conv layers and two linear layers (about 44k parameters at 28x28).
+
+    Images of at least 16x16 pixels get 5x5 convolutions without padding; smaller ones (8x8
+    digits) get 3x3 convolutions with padding 1, so that both 2x2 poolings still apply.
+    """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, side: int = 28):
         super().__init__()
+        if side >= 16:
+            kernel, pad, after = 5, 0, ((side - 4) // 2 - 4) // 2
+        else:
+            kernel, pad, after = 3, 1, side // 4
+        if after < 1:
+            raise UserError(f"model 'cnn' needs images of at least 4x4 pixels, got {side}x{side}")
         self.features = nn.Sequential(
             _Normalise(),
-            nn.Conv2d(in_channels, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 16, kernel, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
         )
-        flat = 32 * (((side - 4) // 2 - 4) // 2) ** 2
+        flat = 32 * after**2
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    """Fully connected network: flattened pixels, two hidden ReLU layers (256 and 128 units).
+
+    About 235k parameters at 28x28 and 50k at 8x8.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, side: int = 28, hidden: tuple[int, ...] = (256, 128)):
+        super().__init__()
+        layers: list[nn.Module] = [_Normalise(), nn.Flatten()]
+        width = in_channels * side * side
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016): two 3x3 conv-BN layers plus the identity or a 1x1 projection."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = (nn.Identity() if cin == cout and stride == 1 else
+                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """ResNet-8 for small grey images: a 3x3 stem, three basic blocks (16, 32, 32 channels),
+    global average pooling and one linear layer (about 40k parameters).
+
+    The first block halves the resolution only for images of at least 16x16 pixels, the other
+    two always: 28x28 ends at 4x4 (about 4 MFLOP per image), 8x8 at 2x2.
+    """
+
+    WIDTHS = (16, 32, 32)
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, side: int = 28):
+        super().__init__()
+        if side < 4:
+            raise UserError(f"model 'resnet8' needs images of at least 4x4 pixels, got {side}x{side}")
+        w = self.WIDTHS
+        strides = (2 if side >= 16 else 1, 2, 2)
+        self.features = nn.Sequential(
+            _Normalise(),
+            nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(),
+            _BasicBlock(w[0], w[0], strides[0]), _BasicBlock(w[0], w[1], strides[1]),
+            _BasicBlock(w[1], w[2], strides[2]),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.fc = nn.Linear(w[2], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
 
 
 class VGG11(nn.Module):
@@ -106,7 +181,9 @@ class WideResNet(nn.Module):
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
     "cnn": SmallCNN,
+    "resnet8": ResNet8,
     "vgg11": VGG11,
     "resnet18": resnet18,
     "wrn16_4": WideResNet,
@@ -117,8 +194,6 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, side: in
     """Construct model ``name`` for images of ``in_channels`` x ``side`` x ``side``."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if name == "cnn" and side < 16:
-        raise UserError(f"model 'cnn' needs images of at least 16x16 pixels, got {side}x{side}")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, side=side)
 
 
