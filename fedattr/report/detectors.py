@@ -8,12 +8,13 @@ rate the share of benign client-rounds flagged. Over seeds: mean with a 95% t in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-from fedattr.report.reader import ScenarioResults
-from fedattr.report.stats import fmt_ci, mean_ci
+from fedattr.report.reader import JobResult, ScenarioResults
+from fedattr.report.render import arm_style, figure, md_table, save
+from fedattr.report.stats import bounded_ci, fmt_ci
+
+__all__ = ["detector_names", "detector_rows", "detector_markdown", "plot_detector_scores"]
 
 
 def detector_names(res: ScenarioResults) -> list[str]:
@@ -21,31 +22,32 @@ def detector_names(res: ScenarioResults) -> list[str]:
     names: list[str] = []
     for job in res.jobs.values():
         for rec in job.rounds:
-            for name in rec.get("detectors") or {}:
+            for name in rec.detectors:
                 if name not in names:
                     names.append(name)
     return names
 
 
-def _rates(job, name: str, attackers: set[str]) -> tuple[float | None, float | None]:
+def _rates(job: JobResult, name: str, attackers: set[str]) -> tuple[float | None, float | None]:
+    """One job's attacker flag rate and benign false-positive rate under one detector."""
     att, ben = [], []
     for rec in job.rounds:
-        flags = ((rec.get("detectors") or {}).get(name) or {}).get("flags") or {}
-        for pid, flagged in flags.items():
+        det = rec.detectors.get(name)
+        for pid, flagged in (det.flags if det is not None else {}).items():
             (att if str(pid) in attackers else ben).append(bool(flagged))
     return (float(np.mean(att)) if att else None, float(np.mean(ben)) if ben else None)
 
 
 def detector_rows(res: ScenarioResults) -> tuple[list[str], list[list[str]]]:
-    """Per detector and arm: the attacker's flag rate and the benign false-positive rate (95% CI)."""
+    """Per detector and arm: the attacker's flag rate and the benign false-positive rate (95% bootstrap CI, in [0, 1])."""
     attackers = {str(a) for a in res.attacker_ids}
     headers = ["detector", "arm", "attacker flag rate", "benign false-positive rate", "seeds"]
     rows = []
     for name in detector_names(res):
         for arm in res.arms:
             per_seed = [_rates(job, name, attackers) for job in res.runs(arm)]
-            att = mean_ci(a for a, _ in per_seed if a is not None)
-            ben = mean_ci(b for _, b in per_seed if b is not None)
+            att = bounded_ci(a for a, _ in per_seed if a is not None)
+            ben = bounded_ci(b for _, b in per_seed if b is not None)
             rows.append([name, arm, fmt_ci(att, signed=False), fmt_ci(ben, signed=False), str(len(per_seed))])
     return headers, rows
 
@@ -56,26 +58,23 @@ def plot_detector_scores(res: ScenarioResults, out: Path) -> Path | None:
     names = detector_names(res)
     if not names:
         return None
-    from fedattr.report.plots import _color, _figure, _save
-
     attackers = {str(a) for a in res.attacker_ids}
-    fig, axes = _figure(1, len(names), size=(4.2, 3.4))
+    fig, axes = figure(1, len(names), size=(4.2, 3.4))
     for ax, name in zip(axes[0], names):
         benign: dict[int, list[float]] = {}
         for i, arm in enumerate(res.arms):
             by_round: dict[int, list[float]] = {}
             for job in res.runs(arm):
                 for rec in job.rounds:
-                    scores = ((rec.get("detectors") or {}).get(name) or {}).get("scores") or {}
-                    for pid, s in scores.items():
-                        if s is None:
+                    det = rec.detectors.get(name)
+                    for pid, score in (det.scores if det is not None else {}).items():
+                        if score is None:
                             continue
                         target = by_round if str(pid) in attackers else benign
-                        target.setdefault(int(rec["round"]), []).append(float(s))
+                        target.setdefault(rec.round, []).append(float(score))
             if by_round:
                 r = sorted(by_round)
-                ax.plot(r, [np.mean(by_round[k]) for k in r], marker="o", ms=3, color=_color(i),
-                        label=f"attacker ({arm})")
+                ax.plot(r, [np.mean(by_round[k]) for k in r], ms=4, label=f"attacker ({arm})", **arm_style(i))
         if benign:
             r = sorted(benign)
             ax.plot(r, [np.median(benign[k]) for k in r], color="grey", lw=1, label="benign median")
@@ -83,7 +82,7 @@ def plot_detector_scores(res: ScenarioResults, out: Path) -> Path | None:
                             color="grey", alpha=0.25, label="benign 10-90%")
         ax.set(xlabel="round", ylabel="score", title=name)
         ax.legend(fontsize="x-small")
-    return _save(fig, out / "detector_scores.png")
+    return save(fig, out / "detector_scores.png")
 
 
 def detector_markdown(res: ScenarioResults) -> list[str]:
@@ -91,12 +90,8 @@ def detector_markdown(res: ScenarioResults) -> list[str]:
     headers, rows = detector_rows(res)
     if not rows:
         return []
-    from fedattr.report.markdown import md_table
-
     return ["## Detectors", "",
             "Share of rounds in which each detector flagged the attacker, and share of benign "
-            "client-rounds it flagged (false positives), mean ± 95% CI over seeds.", ""] + \
+            "client-rounds it flagged (false positives): mean over seeds [95% bootstrap interval].", ""] + \
         md_table(headers, rows) + [""]
 
-
-__all__: list[Any] = ["detector_names", "detector_rows", "detector_markdown", "plot_detector_scores"]

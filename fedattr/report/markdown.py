@@ -15,7 +15,7 @@ from fedattr.report.reader import Environment, ScenarioResults, SweepMeta
 from fedattr.report.render import md_table
 from fedattr.report.stats import PairedStats, fmt_ci, fmt_num, fmt_p, mean_ci, min_wilcoxon_p
 from fedattr.report.summary import (ScenarioSummary, SweepSummary, failure_rows, reached_label, unfinished_rows)
-from fedattr.scenario.schema import HONEST_ATTACK
+from fedattr.scenario import HONEST_ATTACK, to_toml
 
 __all__ = ["scenario_markdown", "sweep_markdown", "status_lines", "settings_rows", "wilcoxon_floor_note"]
 
@@ -135,7 +135,7 @@ def _hyperparameters(res: ScenarioResults) -> list[str]:
     if sc.detectors:
         md += md_table(["detector", "mode", "parameters"], [[d.name, d.mode, _value(d.params)] for d in sc.detectors])
     md += md_table(["setting", "value"], settings_rows(sc))
-    return md + ["### Resolved scenario", "", "```toml", sc.to_toml().rstrip(), "```", ""]
+    return md + ["### Resolved scenario", "", "```toml", to_toml(sc).rstrip(), "```", ""]
 
 
 def scenario_markdown(res: ScenarioResults, summary: ScenarioSummary, plots: Sequence[tuple[str, Path]],

@@ -1,126 +1,261 @@
-"""Every reported number of a scenario or sweep directory, and the rows of the CLI's tables.
+"""Every reported number of a scenario or sweep directory, as typed objects, and the CLI's table rows.
 
-Quantities, per evaluator and attacker client (partition id):
-- attacker value: its cumulative value at the end of the run (also normalised share and rank);
+Quantities, per evaluator and attacker client (partition id), over seeds:
+
+- attacker value: its cumulative value at the end of the run, normalised share and rank;
 - counterfactual inflation: sum over rounds of (value - value of its honest update in the same
-  round game), as the server recorded it;
-- paired inflation: its cumulative value in an arm minus in the honest arm, same seed;
+  round game), with the paired claim statistics (t interval, Wilcoxon, bootstrap, positive
+  seeds, smallest detectable effect);
+- paired inflation: its cumulative value in an arm minus in the honest arm, same seed, with
+  the same statistics;
 - Kendall tau: agreement of the benign clients' cumulative-value ranking between the honest arm
   and an arm, same seed (1 = ranking unchanged).
-Every entry is a mean over seeds with a 95% confidence half-width from the t-distribution.
+
+Unbounded quantities get a t interval; ranks, Kendall tau and accuracy a bootstrap interval
+inside their range (:mod:`fedattr.report.stats`). Unfinished jobs count with their last round
+reached and are flagged; failed jobs are listed and left out.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fedattr.core.errors import DamagedResultsError, UserError
+from fedattr.report.claim_stats import ClaimRow, claim_table
 from fedattr.report.reader import ScenarioResults, is_sweep, load_results, pid_key, sweep_meta
-from fedattr.report.stats import MeanCI, ci_from, fmt_ci, fmt_num, kendall_between, mean_ci
-from fedattr.scenario.schema import HONEST_ATTACK
+from fedattr.report.stats import MeanCI, PairedStats, bounded_ci, fmt_ci, fmt_num, kendall_between, mean_ci, paired_stats
+from fedattr.scenario import HONEST_ATTACK
 
-__all__ = ["summarize", "scenario_summary", "summary_rows", "failures", "failure_rows", "client_rows", "arm_attack", "paired_accuracy",
-           "inflation_difference", "kendall_ci"]
-
-
-def arm_attack(res: ScenarioResults, arm: str) -> str:
-    """The attack name of an arm, from scenario.json."""
-    for spec in res.scenario.get("arms") or []:
-        if spec.get("name") == arm:
-            return str(spec.get("attack", HONEST_ATTACK))
-    return HONEST_ATTACK if arm == res.honest_arm else "?"
+__all__ = ["AttackerStats", "JobCounts", "UnfinishedJob", "Failure", "ScenarioSummary", "PointSummary",
+           "SweepSummary", "summarize", "scenario_summary", "summary_rows", "failure_rows", "client_rows",
+           "unfinished_rows", "plain", "paired_values", "kendall_values", "reached_label"]
 
 
-def paired_value(res: ScenarioResults, arm: str, ev: str, pid: str) -> MeanCI:
-    """Attacker value in ``arm`` minus in the honest arm, per seed."""
+def plain(obj: Any) -> Any:
+    """Dataclasses (through their ``as_dict`` when they have one), dicts and lists as plain data."""
+    if hasattr(obj, "as_dict"):
+        return plain(obj.as_dict())
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+@dataclass(frozen=True)
+class AttackerStats:
+    """One attacker under one evaluator in one arm, over seeds."""
+
+    value: MeanCI
+    normalised: MeanCI
+    rank: MeanCI
+    counterfactual_inflation: PairedStats
+    paired_inflation: PairedStats
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    """Jobs planned (arms x seeds), found, finished, unfinished (no summary) and failed."""
+
+    expected: int
+    found: int
+    finished: int
+    unfinished: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class UnfinishedJob:
+    """A job without a summary: reported from ``last_round`` of ``planned_rounds``."""
+
+    arm: str
+    seed: int
+    last_round: int
+    planned_rounds: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Rejected replies, silent nodes or a failed job: one (arm, seed, client, reason) with its rounds."""
+
+    arm: str
+    seed: int
+    status: str
+    partition_id: int | None
+    node_id: int | None
+    reason: str
+    rounds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ScenarioSummary:
+    """Every reported number of one scenario directory (see the module docstring)."""
+
+    dir: Path
+    name: str
+    arms: list[str]
+    honest_arm: str | None
+    seeds: list[int]
+    evaluators: list[str]
+    attacker_ids: list[str]
+    attacks: dict[str, str]
+    rounds: int
+    jobs: JobCounts
+    unfinished: list[UnfinishedJob]
+    failures: list[Failure]
+    in_progress: bool
+    wall_s: float | None
+    startup_s: float | None
+    final_accuracy: dict[str, MeanCI]
+    accuracy_delta: dict[str, PairedStats]
+    attacker: dict[str, dict[str, dict[str, AttackerStats]]]
+    kendall_tau: dict[str, dict[str, MeanCI]]
+    claim: list[ClaimRow]
+    kind: Literal["scenario"] = "scenario"
+
+    @property
+    def failed_jobs(self) -> int:
+        """Failed jobs (left out of every statistic)."""
+        return self.jobs.failed
+
+    def unfinished_in(self, arm: str) -> list[UnfinishedJob]:
+        """Unfinished jobs of one arm."""
+        return [u for u in self.unfinished if u.arm == arm]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (``stats.json``, ``--json``)."""
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass
+class PointSummary:
+    """One sweep point: its directory, overrides and summary (None with ``error`` when unreadable)."""
+
+    dir: str
+    overrides: dict[str, Any]
+    summary: ScenarioSummary | None
+    error: str | None = None
+
+
+@dataclass
+class SweepSummary:
+    """Every reported number of a sweep directory: one :class:`ScenarioSummary` per point."""
+
+    dir: Path
+    grid: dict[str, list[Any]]
+    points: list[PointSummary]
+    wall_s: float | None
+    startup_s: float | None
+    kind: Literal["sweep"] = "sweep"
+
+    @property
+    def failed_jobs(self) -> int:
+        """Failed jobs of every point."""
+        return sum(p.summary.failed_jobs for p in self.points if p.summary)
+
+    @property
+    def in_progress(self) -> bool:
+        """True when a live run holds a point's directory."""
+        return any(p.summary.in_progress for p in self.points if p.summary)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def paired_values(res: ScenarioResults, arm: str, get: Any) -> list[tuple[int, float]]:
+    """Per seed with both jobs: ``get(job)`` in ``arm`` minus in the honest arm."""
     if res.honest_arm is None or arm == res.honest_arm:
-        return mean_ci([])
-    diffs = []
+        return []
+    out = []
     for seed in res.seeds:
         a, h = res.jobs.get((arm, seed)), res.jobs.get((res.honest_arm, seed))
         if a is not None and h is not None:
-            diffs.append(a.cumulative(ev).get(pid, math.nan) - h.cumulative(ev).get(pid, math.nan))
-    return mean_ci(diffs)
+            out.append((seed, get(a) - get(h)))
+    return out
 
 
-def paired_accuracy(res: ScenarioResults, arm: str) -> MeanCI:
-    """Final accuracy in ``arm`` minus in the honest arm, per seed."""
+def kendall_values(res: ScenarioResults, arm: str, ev: str) -> list[float]:
+    """Per seed: Kendall tau of the benign clients' cumulative ranking, honest arm vs ``arm``."""
     if res.honest_arm is None or arm == res.honest_arm:
-        return mean_ci([])
-    diffs = [res.jobs[(arm, s)].final_accuracy() - res.jobs[(res.honest_arm, s)].final_accuracy()
-             for s in res.seeds if (arm, s) in res.jobs and (res.honest_arm, s) in res.jobs]
-    return mean_ci(diffs)
-
-
-def inflation_difference(res: ScenarioResults, a: str, b: str, ev: str, pid: str) -> MeanCI:
-    """Counterfactual inflation in arm ``a`` minus in arm ``b``, per seed."""
-    diffs = [res.jobs[(a, s)].counterfactual_inflation(ev).get(pid, math.nan)
-             - res.jobs[(b, s)].counterfactual_inflation(ev).get(pid, math.nan)
-             for s in res.seeds if (a, s) in res.jobs and (b, s) in res.jobs]
-    return mean_ci(diffs)
-
-
-def kendall_ci(res: ScenarioResults, arm: str, ev: str) -> MeanCI:
-    """Kendall tau of benign clients' cumulative ranking, honest arm vs ``arm``, per seed."""
-    if res.honest_arm is None or arm == res.honest_arm:
-        return mean_ci([])
+        return []
     taus = []
     for seed in res.seeds:
         a, h = res.jobs.get((arm, seed)), res.jobs.get((res.honest_arm, seed))
         if a is not None and h is not None:
-            ca, ch = a.cumulative(ev), h.cumulative(ev)
+            ch = h.cumulative(ev)
             benign = [k for k in sorted(ch, key=pid_key) if k not in res.attacker_ids]
-            taus.append(kendall_between(ch, ca, keys=benign))
-    return mean_ci(taus)
+            taus.append(kendall_between(ch, a.cumulative(ev), keys=benign))
+    return taus
 
 
-def scenario_summary(res: ScenarioResults) -> dict[str, Any]:
-    """All reported numbers of one scenario directory as a JSON-ready dict."""
-    env = res.environment
-    out: dict[str, Any] = {
-        "kind": "scenario", "dir": str(res.path), "name": res.scenario.get("name"),
-        "arms": res.arms, "honest_arm": res.honest_arm, "seeds": res.seeds,
-        "evaluators": res.evaluators, "attacker_ids": res.attacker_ids,
-        "jobs": {"found": len(res.jobs), "finished": sum(j.finished for j in res.jobs.values()),
-                 "failed": len(res.failed),
-                 "expected": len(res.scenario.get("arms") or []) * len(res.scenario.get("seeds")
-                                                                      or [])},
-        "failures": failures(res),
-        "wall_s": env.get("wall_s"), "startup_s": env.get("startup_s"),
-        "final_accuracy": {}, "attacker": {}, "kendall_tau": {},
-    }
+def _failures(res: ScenarioResults) -> list[Failure]:
+    """Every failure of every job, one entry per (arm, seed, partition id, reason) with its rounds."""
+    grouped: dict[tuple, Failure] = {}
+    jobs = sorted(res.failed, key=lambda j: (j.arm, j.seed)) + [res.jobs[k] for k in sorted(res.jobs)]
+    for job in jobs:
+        events: list[tuple[int | None, int | None, int | None, str]] = []
+        for rec in job.rounds:
+            events += [(rec.round, rej.partition_id, rej.node_id, rej.reason) for rej in rec.rejected]
+            if rec.missing:
+                events.append((rec.round, None, None, f"{rec.missing} node(s) sent no reply"))
+        if job.status == "failed":
+            reason = job.summary.failure_reason if job.summary is not None else None
+            events.append((None, None, None, "job failed: " + (reason or "no reason recorded")))
+        for rnd, pid, node, reason in events:
+            entry = grouped.setdefault((job.arm, job.seed, pid, reason),
+                                       Failure(job.arm, job.seed, job.status, pid, node, reason))
+            if rnd is not None:
+                entry.rounds.append(rnd)
+    return list(grouped.values())
+
+
+def scenario_summary(res: ScenarioResults) -> ScenarioSummary:
+    """All reported numbers of one scenario directory."""
+    found = len(res.jobs)
+    finished = sum(j.finished for j in res.jobs.values())
+    attacker: dict[str, dict[str, dict[str, AttackerStats]]] = {}
+    taus: dict[str, dict[str, MeanCI]] = {}
     for arm in res.arms:
         runs = res.runs(arm)
-        out["final_accuracy"][arm] = mean_ci(j.final_accuracy() for j in runs).as_dict()
-        out["attacker"][arm] = {}
-        out["kendall_tau"][arm] = {}
+        is_attack = res.attack_of(arm) != HONEST_ATTACK
+        attacker[arm], taus[arm] = {}, {}
         for ev in res.evaluators:
-            per_pid = {}
-            for pid in res.attacker_ids:
-                is_attack = arm_attack(res, arm) != HONEST_ATTACK
-                cf = mean_ci(j.counterfactual_inflation(ev).get(pid) for j in runs) if is_attack \
-                    else mean_ci([])
-                per_pid[pid] = {
-                    "value": mean_ci(j.cumulative(ev).get(pid) for j in runs).as_dict(),
-                    "normalised": mean_ci(j.normalised(ev).get(pid) for j in runs).as_dict(),
-                    "rank": mean_ci(j.ranks(ev).get(pid) for j in runs).as_dict(),
-                    "counterfactual_inflation": cf.as_dict(),
-                    "paired_inflation": paired_value(res, arm, ev, pid).as_dict(),
-                }
-            out["attacker"][arm][ev] = per_pid
+            attacker[arm][ev] = {pid: AttackerStats(
+                value=mean_ci(j.cumulative(ev).get(pid) for j in runs),
+                normalised=mean_ci(j.normalised(ev).get(pid) for j in runs),
+                rank=bounded_ci(j.ranks(ev).get(pid) for j in runs),
+                counterfactual_inflation=paired_stats(
+                    j.counterfactual_inflation(ev).get(pid) for j in runs) if is_attack else paired_stats([]),
+                paired_inflation=paired_stats(v for _, v in paired_values(
+                    res, arm, lambda j, ev=ev, pid=pid: j.cumulative(ev).get(pid, math.nan))),
+            ) for pid in res.attacker_ids}
             if arm != res.honest_arm:
-                out["kendall_tau"][arm][ev] = kendall_ci(res, arm, ev).as_dict()
-    return out
+                taus[arm][ev] = bounded_ci(kendall_values(res, arm, ev))
+    env = res.environment
+    return ScenarioSummary(
+        dir=res.path, name=res.scenario.name, arms=list(res.arms), honest_arm=res.honest_arm,
+        seeds=list(res.seeds), evaluators=list(res.evaluators), attacker_ids=list(res.attacker_ids),
+        attacks={arm: res.attack_of(arm) for arm in res.arms}, rounds=res.scenario.rounds,
+        jobs=JobCounts(expected=len(res.scenario.arms) * len(res.scenario.seeds), found=found,
+                       finished=finished, unfinished=found - finished, failed=len(res.failed)),
+        unfinished=[UnfinishedJob(j.arm, j.seed, j.last_round, j.planned_rounds) for j in res.unfinished()],
+        failures=_failures(res), in_progress=res.in_progress, wall_s=env.wall_s, startup_s=env.startup_s,
+        final_accuracy={arm: bounded_ci(j.final_accuracy() for j in res.runs(arm)) for arm in res.arms},
+        accuracy_delta={arm: paired_stats(v for _, v in paired_values(res, arm, lambda j: j.final_accuracy()))
+                        for arm in res.arms},
+        attacker=attacker, kendall_tau=taus, claim=claim_table(res))
 
 
-def summarize(results_dir: str | Path) -> dict[str, Any]:
-    """All reported numbers of a scenario or sweep directory as a JSON-ready dict.
-
-    Each statistic is ``{"mean", "ci95", "n", "values"}`` over seeds (None for nan).
-    """
+def summarize(results_dir: str | Path) -> ScenarioSummary | SweepSummary:
+    """All reported numbers of a scenario or sweep directory. UserError when it is neither."""
     path = Path(results_dir)
     if not path.is_dir():
         raise UserError(f"results directory not found: {path}")
@@ -128,87 +263,82 @@ def summarize(results_dir: str | Path) -> dict[str, Any]:
         return scenario_summary(load_results(path))
     meta = sweep_meta(path)
     points = []
-    for point in meta["points"]:
-        pdir = path / str(point.get("dir", ""))
-        entry = {"overrides": point.get("overrides", {}), "dir": str(point.get("dir"))}
+    for point in meta.points:
         try:
-            entry["summary"] = scenario_summary(load_results(pdir))
+            points.append(PointSummary(point.dir, point.overrides, scenario_summary(load_results(path / point.dir))))
         except DamagedResultsError:
             raise
         except UserError as exc:
-            entry["summary"], entry["error"] = None, str(exc)
-        points.append(entry)
-    return {"kind": "sweep", "dir": str(path), "grid": meta.get("grid", {}), "points": points,
-            "wall_s": meta.get("wall_s"), "startup_s": meta.get("startup_s")}
+            points.append(PointSummary(point.dir, point.overrides, None, str(exc)))
+    return SweepSummary(dir=path, grid=meta.grid, points=points, wall_s=meta.wall_s, startup_s=meta.startup_s)
 
 
-def failures(res: ScenarioResults) -> list[dict[str, Any]]:
-    """Every failure of every job (rejected replies, silent nodes, failed jobs), grouped.
-
-    One entry per (arm, seed, partition id, reason) with the rounds it happened in; a failed
-    job's entries come first. Failed jobs are left out of every statistic, so this is the only
-    place their numbers show.
-    """
-    grouped: dict[tuple, dict[str, Any]] = {}
-    jobs = sorted(res.failed, key=lambda j: (j.arm, j.seed)) + [res.jobs[k] for k in sorted(res.jobs)]
-    for job in jobs:
-        for row in job.failures():
-            key = (job.arm, job.seed, row["partition_id"], row["reason"])
-            entry = grouped.setdefault(key, {"arm": job.arm, "seed": job.seed, "status": job.status,
-                                             "partition_id": row["partition_id"], "node_id": row["node_id"],
-                                             "reason": row["reason"], "rounds": []})
-            if row["round"] is not None:
-                entry["rounds"].append(row["round"])
-    return list(grouped.values())
+def reached_label(jobs: list[UnfinishedJob]) -> str:
+    """``last round reached (r of R)`` for the unfinished jobs of one arm ("" when none)."""
+    if not jobs:
+        return ""
+    reached = ", ".join(str(r) for r in sorted({u.last_round for u in jobs}))
+    return f"last round reached ({reached} of {jobs[0].planned_rounds})"
 
 
-def failure_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _acc_cell(summary: ScenarioSummary, arm: str) -> str:
+    label = reached_label(summary.unfinished_in(arm))
+    return fmt_ci(summary.final_accuracy[arm], signed=False) + (f", {label}" if label else "")
+
+
+def failure_rows(summary: ScenarioSummary) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the failures table (``fedattr run`` and the report print it)."""
-    rows = [[f["arm"], str(f["seed"]), f["status"], "—" if f["partition_id"] is None else str(f["partition_id"]),
-             ", ".join(map(str, f["rounds"])) or "—", f["reason"]] for f in summary.get("failures") or []]
+    rows = [[f.arm, str(f.seed), f.status, "—" if f.partition_id is None else str(f.partition_id),
+             ", ".join(map(str, f.rounds)) or "—", f.reason] for f in summary.failures]
     return ["arm", "seed", "job status", "client", "rounds", "reason"], rows
 
 
-def summary_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+def unfinished_rows(summary: ScenarioSummary) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the unfinished-jobs table: each job and the last round it reached."""
+    rows = [[u.arm, str(u.seed), f"last round reached ({u.last_round} of {u.planned_rounds})"]
+            for u in summary.unfinished]
+    return ["arm", "seed", "reported from"], rows
+
+
+def summary_rows(summary: ScenarioSummary) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted rows (one per arm, evaluator and attacker) of a scenario summary.
 
-    What ``fedattr run`` prints: final accuracy, attacker value and rank, paired and
-    counterfactual inflation, Kendall tau of benign ranks.
+    Final accuracy (labelled with the last round reached when a job is unfinished), attacker
+    value and rank, paired and counterfactual inflation, Kendall tau of benign ranks.
     """
-    many = len(summary.get("attacker_ids") or []) > 1
+    many = len(summary.attacker_ids) > 1
     headers = ["arm", "evaluator"] + (["attacker"] if many else []) + [
         "final acc", "attacker value", "rank", "paired infl.", "counterf. infl.", "kendall tau"]
     rows = []
-    for arm in summary.get("arms", []):
-        acc = fmt_ci(ci_from(summary["final_accuracy"].get(arm)), signed=False)
-        for ev in summary.get("evaluators", []):
-            tau = fmt_ci(ci_from(summary["kendall_tau"].get(arm, {}).get(ev)))
-            per_pid = summary["attacker"].get(arm, {}).get(ev, {}) or {"—": {}}
+    for arm in summary.arms:
+        acc = _acc_cell(summary, arm)
+        for ev in summary.evaluators:
+            tau = summary.kendall_tau[arm].get(ev)
+            per_pid = summary.attacker[arm][ev]
             for pid, st in per_pid.items():
                 rows.append([arm, ev] + ([pid] if many else []) + [
-                    acc, fmt_ci(ci_from(st.get("value"))), fmt_ci(ci_from(st.get("rank")), signed=False),
-                    fmt_ci(ci_from(st.get("paired_inflation"))),
-                    fmt_ci(ci_from(st.get("counterfactual_inflation"))), tau])
+                    acc, fmt_ci(st.value), fmt_ci(st.rank, signed=False), fmt_ci(st.paired_inflation.ci),
+                    fmt_ci(st.counterfactual_inflation.ci), fmt_ci(tau) if tau else "—"])
+            if not per_pid:
+                rows.append([arm, ev] + (["—"] if many else []) + [acc, "—", "—", "—", "—",
+                                                                    fmt_ci(tau) if tau else "—"])
     return headers, rows
 
 
-def client_rows(results_dir: str | Path) -> tuple[list[str], list[list[str]]]:
+def client_rows(results: ScenarioResults | str | Path) -> tuple[list[str], list[list[str]]]:
     """Per client: examples, then each arm's cumulative value per evaluator (mean over seeds).
 
     ``*`` marks attackers. This is the per-client attribution table ``fedattr run`` prints.
     """
-    res = load_results(results_dir)
+    res = results if isinstance(results, ScenarioResults) else load_results(results)
     headers = ["client", "examples"] + [f"{arm} {ev}" for arm in res.arms for ev in res.evaluators]
     first = next(iter(res.jobs.values()), None)
     hists = first.label_histograms() if first else {}
     rows = []
     for pid in res.clients():
-        mark = "*" if pid in res.attacker_ids else ""
-        row = [f"{pid}{mark}", str(int(sum(hists.get(pid, [])))) if pid in hists else "—"]
-        for arm in res.arms:
-            for ev in res.evaluators:
-                vals = [job.cumulative(ev).get(pid, math.nan) for job in res.runs(arm)]
-                ci = mean_ci(vals)
-                row.append(fmt_num(ci.mean))
+        row = [f"{pid}{'*' if pid in res.attacker_ids else ''}",
+               str(int(sum(hists[pid]))) if pid in hists else "—"]
+        row += [fmt_num(mean_ci(j.cumulative(ev).get(pid, math.nan) for j in res.runs(arm)).mean)
+                for arm in res.arms for ev in res.evaluators]
         rows.append(row)
     return headers, rows
