@@ -29,8 +29,11 @@ demo: $(STAMP)
 	$(BIN)/python -m fedattr.report.claim_stats results/demo && \
 	echo "make demo: $$(( $$(date +%s) - start )) s wall on this machine (matmul rate above)"
 
+# The whole suite with what it needs: scripts/test_env.sh installs and starts Docker for the compose
+# tests where it can (root, apt-get) and stops that dockerd afterwards; elsewhere they skip, with the
+# reason in the summary (-rs).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	scripts/test_env.sh $(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

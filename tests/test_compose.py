@@ -68,6 +68,49 @@ def require_docker(need_engine: bool = True) -> list[str]:
     return _compose_cmd()
 
 
+TEST_ENV = REPO / "scripts" / "test_env.sh"
+
+
+def _bare_path(tmp_path: Path, *tools: str) -> str:
+    """A PATH holding bash, this Python and ``tools`` only: no docker, dockerd, compose or apt-get."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("bash", *tools):
+        (bin_dir / name).symlink_to(shutil.which(name))
+    python = bin_dir / "python"  # a wrapper, not a link: the venv is found from the path run
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return str(bin_dir)
+
+
+def _test_env(tmp_path: Path, uid: int, *command: str, ci: bool = False, tools: tuple = ()) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "FEDATTR_SKIP_DOCKER", "FEDATTR_DOCKER_UNAVAILABLE")}
+    env.update(PATH=_bare_path(tmp_path, *tools), FEDATTR_TEST_UID=str(uid), **({"CI": "true"} if ci else {}))
+    return subprocess.run([str(TEST_ENV), *command], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_test_env_says_why_docker_cannot_be_had_and_keeps_the_exit_status(tmp_path):
+    show = "import os, sys; print(os.environ.get('FEDATTR_DOCKER_UNAVAILABLE')); sys.exit(3)"
+    not_root = _test_env(tmp_path / "a", 1000, "python", "-c", show)
+    assert not_root.returncode == 3
+    assert not_root.stdout.startswith("not root, so docker dockerd docker-compose busybox cannot be installed")
+    assert "the compose tests will be skipped" in not_root.stderr
+    no_apt = _test_env(tmp_path / "b", 0, "python", "-c", show)
+    assert no_apt.stdout.startswith("docker dockerd docker-compose busybox missing and no apt-get")
+
+
+def test_compose_tests_skip_with_the_reason_and_fail_under_ci(tmp_path):
+    pytest_cmd = ("python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                  f"{Path(__file__)}::test_compose_config_validates_plain_and_tls")
+    skipped = _test_env(tmp_path / "a", 1000, *pytest_cmd)
+    assert skipped.returncode == 0, skipped.stdout[-2000:]
+    assert "1 skipped" in skipped.stdout and "passed" not in skipped.stdout
+    assert "SKIPPED" in skipped.stdout and "not root, so docker dockerd docker-compose busybox" in skipped.stdout
+    failed = _test_env(tmp_path / "b", 1000, *pytest_cmd, ci=True)
+    assert failed.returncode == 1 and "1 failed" in failed.stdout
+    assert "CI=true needs the compose tests to run" in failed.stdout
+
+
 def test_committed_compose_files_are_the_generated_ones():
     # docker-compose.yml / .tls.yml are the generator's output for scenarios/demo.toml
     # (`fedattr deploy compose-file scenarios/demo.toml [--tls]`): one SuperNode per client.
