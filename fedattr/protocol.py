@@ -179,10 +179,16 @@ class _Record(BaseModel):
 
 
 class Rejection(_Record):
-    """A reply that was not aggregated, and why."""
+    """A reply that was not aggregated, and why.
+
+    ``partition_id`` is the partition the server holds the sender to be (its node's binding, or
+    the reply's own claim when only its content was at fault); ``claimed_partition_id`` is what
+    the reply said.
+    """
 
     partition_id: int | None = None
     node_id: int | None = None
+    claimed_partition_id: int | None = None
     reason: str
 
 
@@ -211,9 +217,17 @@ class RoundRecord(_Record):
     round: int
     clients: list[int]
     rejected: list[Rejection] = Field(default_factory=list)
+    #: Expected clients with no reply this round (node gone, not connected, or past the timeout).
     missing: int = 0
+    #: The partitions of those clients, where the server knows them.
+    missing_partitions: list[int] = Field(default_factory=list)
+    #: The Flower node id each accepted client replied from (its identity binding).
+    node_ids: dict[int, int] = Field(default_factory=dict)
     roles: dict[int, str] = Field(default_factory=dict)
+    #: The aggregation weight used (the claim, capped by the weight policy).
     num_examples: dict[int, float] = Field(default_factory=dict)
+    #: The example count each accepted reply claimed.
+    claimed_num_examples: dict[int, float] = Field(default_factory=dict)
     label_histograms: dict[int, list[int]] = Field(default_factory=dict)
     detectors: dict[str, DetectorRound] = Field(default_factory=dict)
     filtered: list[int] = Field(default_factory=list)
@@ -252,6 +266,8 @@ class JobSummary(_Record):
     rejected: list[dict[str, Any]] = Field(default_factory=list)
     rejected_count: int = 0
     missing_count: int = 0
+    #: The round that ended a failed job (a RoundRecord without test metrics), if one did.
+    failed_round: dict[str, Any] | None = None
     wall_s: float = 0.0
 
 
@@ -327,13 +343,18 @@ class Reply:
 
     partition_id: int
     role: str
-    num_examples: int
+    #: The aggregation weight: the claimed count until the weight policy caps it.
+    num_examples: float
     train_loss: float
     label_histogram: list[int]
     state: dict = field(repr=False, default_factory=dict)
     counterfactual_state: dict | None = field(repr=False, default=None)
     counterfactual_num_examples: int | None = None
     attack_metrics: dict[str, Any] = field(default_factory=dict)
+    #: The count the reply claimed (``num_examples`` before the weight policy).
+    claimed_num_examples: float | None = None
+    #: The Flower node that sent the reply.
+    node_id: int | None = None
 
 
 class ReplyError(ValueError):
@@ -378,7 +399,7 @@ def split_testbed(content: "RecordDict") -> dict[str, Any]:
 
 
 def client_identity(content: "RecordDict") -> tuple[int | None, str | None]:
-    """``(partition-id, role)`` of a reply, None where absent or mistyped."""
+    """``(partition-id, role)`` a reply claims, None where absent or mistyped."""
     client = content.config_records.get(CLIENT)
     if client is None:
         return None, None
@@ -387,13 +408,22 @@ def client_identity(content: "RecordDict") -> tuple[int | None, str | None]:
     return pid, role if isinstance(role, str) else None
 
 
-def parse_reply(content: "RecordDict", testbed: dict[str, Any] | None = None) -> Reply:
-    """Read a (screened) reply; ``testbed`` holds what :func:`split_testbed` removed from it."""
+def parse_reply(content: "RecordDict", testbed: dict[str, Any] | None = None,
+                partition_id: int | None = None) -> Reply:
+    """Read a (screened) reply; ``testbed`` holds what :func:`split_testbed` removed from it.
+
+    ``partition_id`` is the identity the server gave the reply's node; without it the reply must
+    claim one. A reply without a ``client`` record (a stock Flower ClientApp) is benign with no
+    label histogram.
+    """
+    from flwr.app import ConfigRecord
+
     testbed = testbed or {}
     pid, role = client_identity(content)
+    pid = pid if partition_id is None else int(partition_id)
     if pid is None:
         raise ReplyError(f"no integer {PARTITION_ID!r} in the reply's {CLIENT!r} ConfigRecord")
-    client = content.config_records[CLIENT]
+    client = content.config_records.get(CLIENT) or ConfigRecord()
     metrics = content.metric_records.get(METRICS)
     if metrics is None or ARRAYS not in content.array_records:
         raise ReplyError(f"a reply needs the records {ARRAYS!r} and {METRICS!r}")
@@ -403,7 +433,8 @@ def parse_reply(content: "RecordDict", testbed: dict[str, Any] | None = None) ->
     return Reply(
         partition_id=pid,
         role=role or "benign",
-        num_examples=int(metrics[NUM_EXAMPLES]),
+        num_examples=float(metrics[NUM_EXAMPLES]),
+        claimed_num_examples=float(metrics[NUM_EXAMPLES]),
         train_loss=float(metrics.get(TRAIN_LOSS, float("nan"))),
         label_histogram=[int(c) for c in client.get(LABEL_HISTOGRAM, [])],
         state=content.array_records[ARRAYS].to_torch_state_dict(),

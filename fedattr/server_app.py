@@ -46,6 +46,7 @@ from fedattr.scenario.plan import default_results_dir, read_plan, scenario_jobs,
 from fedattr.protocol import JobSummary, Plan, PlanEntry
 from fedattr.results.store import JobRecorder, atomic_write_json
 from fedattr.strategies import AttributedStrategy, DetectorStep, build_aggregator
+from fedattr.strategies.attributed import RoundFailure
 from fedattr.learning.task import Job
 from fedattr.learning.training import evaluate, seed_everything
 
@@ -267,29 +268,32 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
         rounds_done.append(record.round)
         recorder.append_round(record.model_dump(mode="json"))
 
+    # Waiting for nodes in later rounds is bounded too: by the round timeout, else node-wait-s.
     attributed = AttributedStrategy(
-        strategy, scorer, central_evaluate=central_evaluate, record_round=record_round,
+        strategy, scorer, central_evaluate=central_evaluate, on_round=record_round,
         detectors=_detector_step(entry, job, splits, device),
         job_info={"arm": job.spec.arm, "seed": job.seed, "train_seed": job.seed, "partition_seed": job.partition_seed(),
                   "attacker_ids": job.attacker_ids},
-        min_clients=min_clients,
+        min_clients=min_clients, num_partitions=n,
+        round_timeout_s=float(entry.round_timeout_s or node_wait_s),
+        max_weight_ratio=entry.aggregation.max_weight_ratio,
     )
     recorder.start()
     wait_for_nodes(grid, n, node_wait_s)
     t0 = time.perf_counter()
     initial_test = central_evaluate(initial)
     rounds = int(job.spec.rounds)
-    result = attributed.start(
-        grid=grid, initial_arrays=initial, num_rounds=rounds,
-        timeout=float(entry.round_timeout_s) if entry.round_timeout_s else 24 * 3600.0,
-        train_config=ConfigRecord({"job": job.spec.to_json()}), evaluate_fn=attributed.evaluate,
-    )
-    final = result.evaluate_metrics_serverapp.get(rounds)
-    failure = None
-    if attributed.short_rounds:
-        failure = (f"rounds {attributed.short_rounds} had fewer than min_clients = {min_clients} valid replies "
-                   f"({len(attributed.rejected)} rejected, {attributed.missing_total} missing over the job)")
-    elif len(rounds_done) != rounds:
+    final, failure = None, None
+    try:
+        result = attributed.start(
+            grid=grid, initial_arrays=initial, num_rounds=rounds,
+            timeout=float(entry.round_timeout_s) if entry.round_timeout_s else 24 * 3600.0,
+            train_config=ConfigRecord({"job": job.spec.to_json()}), evaluate_fn=attributed.evaluate,
+        )
+        final = result.evaluate_metrics_serverapp.get(rounds)
+    except RoundFailure as exc:
+        failure = exc.reason
+    if failure is None and len(rounds_done) != rounds:
         failure = f"{len(rounds_done)} of {rounds} rounds produced a record"
     if failure:
         log(WARNING, "Job %s failed: %s", job.job_id, failure)
@@ -303,6 +307,7 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
         cumulative=totals.cumulative, cumulative_normalised=totals.normalised, ranks=totals.ranks(),
         counterfactual_inflation=totals.inflation, rejected=attributed.rejected,
         rejected_count=len(attributed.rejected), missing_count=attributed.missing_total,
+        failed_round=attributed.failure.record.model_dump(mode="json") if attributed.failure else None,
         wall_s=time.perf_counter() - t0,
     )
     recorder.write_summary(summary.model_dump(mode="json"))

@@ -1,16 +1,18 @@
 """Property-based fuzzing of reply screening (``fedattr.strategies.screen.screen_replies``).
 
 Hypothesis builds rounds of replies that are valid or broken in every way a client can break
-one: error replies, missing or mistyped partition ids, duplicate ids, missing/extra/renamed
-records and arrays, wrong shapes and dtypes, NaN/Inf values, bad example counts, a broken
-testbed counterfactual. An independent oracle written here says which replies may be
-aggregated; the properties: screening accepts exactly those, never anything broken, records
-every other reply with a reason and its node, and returns the accepted ones sorted by id.
+one: error replies, missing or mistyped partition ids, contested ids, missing/extra/renamed
+records and arrays, wrong shapes and dtypes, NaN/Inf values, bad, huge and tiny example counts,
+a broken testbed counterfactual. An independent oracle written here says which replies may be
+aggregated and under which id; the properties: screening accepts exactly those, never anything
+broken, records every other reply with a reason and its node, returns the accepted ones sorted
+by id, and caps every weight at 4x the round's median claim.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -79,9 +81,10 @@ def _build(fault: str, pid: int, n: int, node: int, seed: int, counterfactual: b
             cf["conv.bias"] = torch.zeros(5)
         elif fault == "cf_nan":
             cf["conv.weight"][1, 0, 2, 2] = float("nan")
-    content = make_reply(state, num_examples=max(n, 1), train_loss=0.1, partition_id=pid, role="benign",
+    content = make_reply(state, num_examples=1, train_loss=0.1, partition_id=pid, role="benign",
                          label_histogram=[1, 2, 3], counterfactual_state=cf)
     metrics, client = content.metric_records["metrics"], content.config_records["client"]
+    metrics["num-examples"] = n
     if fault == "no_client":
         del content["client"]
     elif fault == "pid_str":
@@ -93,7 +96,7 @@ def _build(fault: str, pid: int, n: int, node: int, seed: int, counterfactual: b
     elif fault == "n_zero":
         metrics["num-examples"] = 0
     elif fault == "n_negative":
-        metrics["num-examples"] = -n
+        metrics["num-examples"] = -abs(n)
     elif fault == "n_nan":
         metrics["num-examples"] = float("nan")
     elif fault == "n_inf":
@@ -112,24 +115,41 @@ def _build(fault: str, pid: int, n: int, node: int, seed: int, counterfactual: b
     return Message(content=content, reply_to=sent)
 
 
-#: faults after which a reply must never be aggregated ("n_float" is a valid weight)
-BAD = set(FAULTS) - {"none", "n_float"}
+#: faults after which a reply must never be aggregated ("n_float" is a valid weight, "no_client"
+#: a stock Flower reply that claims no partition)
+BAD = set(FAULTS) - {"none", "n_float", "no_client"}
 
 
-def _oracle(plan: list[tuple[str, int]]) -> list[int]:
-    """Indices of the replies that must be accepted: valid and first valid for their id."""
-    taken, accepted = set(), []
+def _oracle(plan: list[tuple[str, int]]) -> dict[int, int]:
+    """Reply index -> partition id of the replies that must be accepted.
+
+    A valid reply's claim is granted when no other valid reply of the round claims the same id
+    (every node is new, so a contested id goes to nobody); a valid reply that claims nothing gets
+    the smallest id nobody claimed, in node order.
+    """
+    claims: dict[int, list[int]] = defaultdict(list)
+    unclaimed = []
     for i, (fault, pid) in enumerate(plan):
-        if fault in BAD or pid in taken:
+        if fault in BAD:
             continue
-        taken.add(pid)
-        accepted.append(i)
-    return accepted
+        if fault == "no_client":
+            unclaimed.append(i)
+        else:
+            claims[pid].append(i)
+    out = {idx[0]: pid for pid, idx in claims.items() if len(idx) == 1}
+    taken, free = set(claims), 0
+    for i in unclaimed:
+        while free in taken:
+            free += 1
+        out[i] = free
+        taken.add(free)
+    return out
 
 
-reply_plan = st.lists(
-    st.tuples(st.sampled_from(FAULTS), st.integers(0, 5), st.integers(1, 500), st.booleans()),
-    min_size=0, max_size=8)
+#: example counts from a tiny fraction to far beyond any dataset
+counts = st.one_of(st.integers(1, 500), st.sampled_from([1e-9, 0.5, 1e9, 1.5e12, 1e300]))
+reply_plan = st.lists(st.tuples(st.sampled_from(FAULTS), st.integers(0, 5), counts, st.booleans()),
+                      min_size=0, max_size=8)
 
 
 def _finite_positive(x) -> bool:
@@ -148,13 +168,19 @@ def test_screening_accepts_exactly_the_valid_replies_and_records_the_rest(plan, 
     for rej in screened.rejected:
         assert rej["reason"] and isinstance(rej["reason"], str)
         assert rej["node_id"] in {m.metadata.src_node_id for m in messages}
-    # exactly the replies the oracle allows, sorted by partition id, no id twice
+    # exactly the replies the oracle allows, under the id it gives, sorted by id, no id twice
     want = _oracle([(f, pid) for f, pid, _, _ in plan])
-    assert sorted(screened.replies) == sorted(plan[i][1] for i in want)
+    assert {msg.metadata.src_node_id: pid for pid, msg, _ in screened.accepted} == \
+        {1000 + i: pid for i, pid in want.items()}
     pids = [pid for pid, _, _ in screened.accepted]
     assert pids == sorted(set(pids))
-    accepted_nodes = {msg.metadata.src_node_id for _, msg, _ in screened.accepted}
-    assert accepted_nodes == {1000 + i for i in want}
+    # every weight is the claim capped at 4x the round's median claim
+    claims = {pid: plan[i][2] + (0.5 if plan[i][0] == "n_float" else 0) for i, pid in want.items()}
+    cap = 4 * float(np.median(list(claims.values()))) if claims else None
+    for pid, msg, reply in screened.accepted:
+        assert reply.claimed_num_examples == claims[pid]
+        assert reply.num_examples == min(claims[pid], cap)
+        assert msg.content.metric_records["metrics"]["num-examples"] == reply.num_examples
     # nothing bad is aggregated: every accepted reply has the reference's keys, shapes, dtypes,
     # finite values and a positive finite example count; testbed records are stripped
     for pid, msg, reply in screened.accepted:

@@ -79,7 +79,7 @@ def test_aggregate_train_rejects_bad_replies_aggregates_the_rest_and_scores_them
     scorer = RoundScorer(build_model("cnn"), x_val, y_val, [("individual", {}), ("loo", {}), ("shapley", {})])
     fedavg, _ = build_aggregator("fedavg", {}, 3)
     strategy = AttributedStrategy(fedavg, scorer, central_evaluate=lambda arrays: {"accuracy": 0.5, "loss": 1.0},
-                                  record_round=records.append,
+                                  on_round=records.append,
                                   job_info={"arm": "honest", "seed": 0, "attacker_ids": []}, min_clients=3)
     strategy._global = ArrayRecord(w_t)
     nan_state = copy.deepcopy(states[2])
@@ -201,7 +201,7 @@ def test_grand_coalition_is_the_model_the_wrapped_strategy_produced(splits, name
     scorer = RoundScorer(build_model("cnn"), x_val, y_val, [("loo", {})], utility="neg_ce", aggregate=rule)
     records = []
     strategy = AttributedStrategy(flower, scorer, central_evaluate=lambda a: {"accuracy": 0.0},
-                                  record_round=records.append,
+                                  on_round=records.append,
                                   job_info={"arm": "honest", "seed": 0, "attacker_ids": []}, min_clients=n)
     strategy._global = ArrayRecord(w_t)
     arrays, _ = strategy.aggregate_train(1, [_reply(states[p], 10 + 5 * p, p) for p in range(n)])
@@ -245,7 +245,7 @@ def test_a_detector_in_filter_mode_keeps_a_flagged_update_out_of_aggregation_and
     scorer = RoundScorer(build_model("cnn"), x_val, y_val, [("loo", {})])
     records = []
     strategy = AttributedStrategy(fedavg, scorer, central_evaluate=lambda a: {"accuracy": 0.0},
-                                  record_round=records.append, detectors=DetectorStep([("norm", {}, "filter")]),
+                                  on_round=records.append, detectors=DetectorStep([("norm", {}, "filter")]),
                                   job_info={"arm": "honest", "seed": 0, "attacker_ids": [5]}, min_clients=3)
     strategy._global = ArrayRecord(w_t)
     replies = [_reply(states[p], 10, p) for p in range(5)] + [_reply(huge, 10, 5, "attacker")]

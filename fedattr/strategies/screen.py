@@ -1,4 +1,9 @@
-"""Step 1 of a round: screen the train replies; rejected ones are recorded, never aggregated."""
+"""Step 1 of a round: screen the train replies; rejected ones are recorded, never aggregated.
+
+A reply is a claim: its shape and values are checked against the global model, its identity
+against its node's binding (``identity``), its example count against the round's weight policy
+(``weights``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ from typing import Any
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from fedattr.protocol import ARRAYS, METRICS, TESTBED_PREFIX, Reply, ReplyError, client_identity, parse_reply, split_testbed
+from fedattr.protocol import (ARRAYS, CLIENT, METRICS, PARTITION_ID, TESTBED_PREFIX, Reply, ReplyError,
+                              client_identity, parse_reply, split_testbed)
+from fedattr.strategies.identity import IdentityBinder
+from fedattr.strategies.weights import WeightPolicy
 
 
 @dataclass
@@ -19,11 +27,13 @@ class Screened:
 
     ``accepted`` holds ``(partition id, message, reply)`` sorted by partition id, the messages
     stripped of their testbed-only records; ``rejected`` one dict per refused reply
-    (``partition_id``, ``node_id``, ``reason``).
+    (``partition_id``, ``node_id``, ``claimed_partition_id``, ``reason``); ``cap`` the round's
+    cap on a weight (None: no cap).
     """
 
     accepted: list[tuple[int, Message, Reply]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    cap: float | None = None
 
     @property
     def replies(self) -> dict[int, Reply]:
@@ -82,28 +92,39 @@ def _check_counterfactual(testbed: dict[str, Any], reference: dict[str, np.ndarr
 
 
 def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],
-                   weighted_by_key: str = "num-examples") -> Screened:
+                   weighted_by_key: str = "num-examples", *, identities: IdentityBinder | None = None,
+                   weights: WeightPolicy | None = None) -> Screened:
     """Split replies into accepted (sorted by partition id) and rejected (with reasons).
 
-    Error replies, replies without an integer partition id, duplicates of an id already
-    accepted, and replies that fail :func:`check_train_reply` are rejected. Testbed-only records
-    are stripped from accepted messages, so whatever aggregates them sees benign-shaped replies.
+    Rejected: error replies, a second reply from one node, replies that fail
+    :func:`check_train_reply` or are malformed, and replies whose identity ``identities`` refuses
+    (a claim out of range, differing from the node's binding, or contested). Accepted replies'
+    nodes are bound to their partitions. Their example counts are capped by ``weights`` (the
+    message itself carries the used count, so the wrapped strategy aggregates with it; the claim
+    is kept in ``Reply.claimed_num_examples``). Testbed-only records are stripped from accepted
+    messages, so whatever aggregates them sees benign-shaped replies.
     """
+    identities = identities if identities is not None else IdentityBinder()
+    weights = weights if weights is not None else WeightPolicy()
     out = Screened()
-    accepted: dict[int, tuple[Message, Reply]] = {}
+    seen: set[int] = set()
+    valid: dict[int, tuple[int | None, Message, Reply]] = {}
     for msg in replies:
-        node_id = msg.metadata.src_node_id
+        node_id = int(msg.metadata.src_node_id)
+        bound = identities.partition_of(node_id)
+        if node_id in seen:
+            out.rejected.append(_rejection(node_id, bound, None, f"a second reply from node {node_id} in one round"))
+            continue
+        seen.add(node_id)
         if msg.has_error():
-            out.rejected.append({"node_id": node_id, "partition_id": None,
-                                 "reason": f"error reply: {msg.error.reason}"})
+            out.rejected.append(_rejection(node_id, bound, None, f"error reply: {msg.error.reason}"))
             continue
         content = msg.content
-        pid, _ = client_identity(content)
-        if pid is None:
-            reason = "no integer partition-id in the reply's 'client' ConfigRecord"
-        elif pid in accepted:
-            reason = f"duplicate partition-id {pid}"
-        else:
+        claim, _ = client_identity(content)
+        reason = None
+        if CLIENT in content.config_records and claim is None:
+            reason = f"the reply's {CLIENT!r} ConfigRecord has no integer {PARTITION_ID!r}"
+        if reason is None:
             reason = check_train_reply(content, reference, weighted_by_key)
         testbed: dict[str, Any] = {}
         if reason is None:
@@ -111,13 +132,32 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],
             reason = _check_counterfactual(testbed, reference)
         if reason is None:
             try:
-                reply = parse_reply(content, testbed)
+                reply = parse_reply(content, testbed, partition_id=-1 if claim is None else claim)
             except (ReplyError, KeyError, TypeError, ValueError) as exc:
                 reason = f"malformed reply: {exc}"
         if reason is not None:
-            out.rejected.append({"node_id": node_id, "partition_id": pid, "reason": reason})
+            out.rejected.append(_rejection(node_id, bound if bound is not None else claim, claim, reason))
             continue
-        accepted[pid] = (msg, reply)
+        valid[node_id] = (claim, msg, reply)
+    granted, refused = identities.resolve((node, claim) for node, (claim, _, _) in valid.items())
+    for node, reason in sorted(refused.items()):
+        claim = valid[node][0]
+        out.rejected.append(_rejection(node, identities.partition_of(node), claim, reason))
+    accepted = {pid: valid[node] + (node,) for node, pid in granted.items()}
+    claims = {pid: float(reply.num_examples) for pid, (_, _, reply, _) in accepted.items()}
+    used = weights.apply(claims)
+    out.cap = weights.cap(claims)
+    for pid, (_, msg, reply, node) in accepted.items():
+        identities.bind(node, pid)
+        reply.partition_id, reply.node_id = pid, node
+        reply.claimed_num_examples = claims[pid]
+        if used[pid] != claims[pid]:
+            reply.num_examples = used[pid]
+            msg.content.metric_records[METRICS][weighted_by_key] = used[pid]
     # A fixed order makes the floating-point sum of the aggregation, and so the run, reproducible.
-    out.accepted = [(pid, msg, reply) for pid, (msg, reply) in sorted(accepted.items())]
+    out.accepted = [(pid, msg, reply) for pid, (_, msg, reply, _) in sorted(accepted.items())]
     return out
+
+
+def _rejection(node_id: int, partition_id: int | None, claim: int | None, reason: str) -> dict[str, Any]:
+    return {"node_id": node_id, "partition_id": partition_id, "claimed_partition_id": claim, "reason": reason}
