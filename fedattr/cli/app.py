@@ -39,6 +39,9 @@ app = typer.Typer(
 scenario_app = typer.Typer(help="Inspect and validate scenario files.", no_args_is_help=True)
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(deploy_app, name="deploy")
+from fedattr.cli.report import register as _register_report  # noqa: E402
+
+_register_report(app)
 
 
 def _version(value: bool) -> None:
@@ -144,29 +147,6 @@ def sweep(scenario: ScenarioArg,
         sweep_dir = Path(launcher.run_sweep(sc, points=points, out_dir=out, progress=progress,
                                             grid=grid_d, force=force))
     finish_run(sweep_dir, json_=json_, no_report=no_report, kind="sweep", points=len(points))
-
-
-@app.command()
-@_user_errors
-def report(results_dir: Annotated[Path, typer.Argument(
-               help="A scenario or sweep results directory.", show_default=False)],
-           json_: JsonOpt = False) -> None:
-    """(Re)write report.md, report.html and plots of a stored results directory.
-
-    Example: fedattr report results/demo-20260101-120000
-    """
-    from fedattr.report import summarize, write_report
-
-    path = write_report(results_dir)
-    summary = summarize(results_dir)
-    if json_:
-        _print_json({"report": str(path), "summary": summary})
-        return
-    if summary["kind"] == "sweep":
-        print_sweep(summary)
-    else:
-        print_summary(summary)
-    _out().print(f"report: {escape(str(path))}")
 
 
 class GeneratorSource(str, Enum):

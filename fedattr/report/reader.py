@@ -282,6 +282,8 @@ def held_by_live_run(path: Path) -> bool:
 
 def read_scenario(path: Path) -> Scenario:
     """``path/scenario.json`` as a Scenario; UserError when missing or invalid."""
+    if not path.is_dir():
+        raise UserError(f"results directory not found: {path}")
     data = _read_json(path / "scenario.json")
     if not isinstance(data, dict):
         raise UserError(f"not a scenario results directory (no readable scenario.json): {path}")

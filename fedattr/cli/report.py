@@ -1,0 +1,100 @@
+"""``fedattr report`` and ``fedattr stats``: re-report stored results and print the claim statistics."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from fedattr.cli.console import out, print_json, user_errors
+from fedattr.cli.runs import print_summary, print_sweep
+from fedattr.core.errors import UserError
+
+__all__ = ["register"]
+
+_DIR = typer.Argument(help="A scenario or sweep results directory.", show_default=False)
+
+
+@user_errors
+def report(results_dir: Annotated[Path, _DIR],
+           to: Annotated[Optional[Path], typer.Option(
+               "--to", metavar="PAGE.md",
+               help="Write a generated results page (e.g. docs/results/claim.md, plots in docs/results/claim/) "
+                    "instead of the report files in the results directory.")] = None,
+           json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
+    """(Re)write report.md, a self-contained report.html, stats.json and plots of a results directory.
+
+    Unfinished jobs (values of the last round reached), failed jobs and a directory held by a
+    live run are flagged here and in report.md.
+
+    Example: fedattr report results/demo --to docs/results/demo.md
+    """
+    from fedattr.report import STATS_JSON, summarize, write_page, write_report
+
+    if to is not None:
+        path = write_page(results_dir, to, command="fedattr " + shlex.join(sys.argv[1:]))
+    else:
+        path = write_report(results_dir)
+    summary = summarize(results_dir)
+    if json_:
+        print_json({"report": str(path), "summary": summary.as_dict()})
+        return
+    if summary.kind == "sweep":
+        print_sweep(summary)
+    else:
+        print_summary(summary)
+    out().print(f"report: {escape(str(path))}")
+    if to is None:
+        out().print(f"statistics: {escape(str(Path(results_dir) / STATS_JSON))}")
+
+
+@user_errors
+def stats(results_dir: Annotated[Path, _DIR],
+          controls_dir: Annotated[Optional[Path], typer.Argument(
+              help="The same regime's controls (and honest arm): adds their table and the attack "
+                   "against each control, paired by seed.", show_default=False)] = None,
+          evaluator: Annotated[Optional[list[str]], typer.Option(
+              "--evaluator", "-e", help="Only this evaluator; repeatable (default: every evaluator).")] = None,
+          machine: Annotated[bool, typer.Option(
+              "--machine/--no-machine", help="Also print this machine's CPU count and matmul rate.")] = True) -> None:
+    """Print the claim statistics of a results directory (and its controls).
+
+    Per-seed inflation with t and bootstrap CIs, Wilcoxon p and the smallest p attainable at that
+    many seeds, positive seeds, smallest detectable effect.
+
+    A sweep directory gives one row per (point, arm, evaluator).
+
+    Example: fedattr stats results/claim results/claim_controls
+    """
+    from fedattr.report import is_sweep, load_results
+    from fedattr.report.claim_stats import claim_table, control_table, format_control_table, format_table, sweep_table
+    from fedattr.report.machine import machine as this_machine
+
+    evs = list(evaluator) if evaluator else None
+    con = out()
+    if is_sweep(results_dir):
+        if controls_dir is not None:
+            raise UserError(f"{results_dir} is a sweep directory: it takes no CONTROLS_DIR")
+        con.print(format_table(sweep_table(results_dir, evs)), markup=False, highlight=False)
+    else:
+        res = load_results(results_dir)
+        ctl = load_results(controls_dir) if controls_dir is not None else None
+        con.print(format_table(claim_table(res, evs, reference=ctl)),
+                  markup=False, highlight=False)
+        if ctl is not None:
+            con.print(f"\nControls ({escape(str(controls_dir))}):\n")
+            con.print(format_table(claim_table(ctl, evs)), markup=False, highlight=False)
+            con.print("\nAttack against each control, paired by seed:\n")
+            con.print(format_control_table(control_table(res, ctl, evs)), markup=False, highlight=False)
+    if machine:
+        con.print("\n" + this_machine().line(), markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``report`` and ``stats`` commands to ``app``."""
+    app.command("report")(report)
+    app.command("stats")(stats)
