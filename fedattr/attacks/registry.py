@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fedattr.attacks.adaptive import MixedLatentAttack
 from fedattr.attacks.base import Attack
 from fedattr.attacks.data_level import DuplicationAttack, LabelFlipAttack
 from fedattr.attacks.honest import HonestAttack, NoiseFloorAttack
@@ -20,6 +21,7 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", {
     for cls in (
         HonestAttack, NoiseFloorAttack, LatentAttack, PixelAttack, RandomRealAttack, TargetedRealAttack,
         ScalingAttack, DuplicationAttack, FreeRiderAttack, LabelFlipAttack, OverreportAttack,
+        MixedLatentAttack,
     )
 })
 
