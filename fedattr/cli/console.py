@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedattr.core.errors import UserError
+from fedattr.core.errors import RunFailedError, UserError
 from fedattr.scenario import ScenarioError
 
 __all__ = ["USER_ERROR_EXIT", "FAILED_JOBS_EXIT", "INTERRUPTED_EXIT", "out", "err", "fail",
@@ -64,12 +64,15 @@ def no_space_message(exc: OSError) -> str:
 def user_errors(fn: F) -> F:
     """Turn errors a user can cause into one message and an exit status, never a traceback.
 
-    Bad input exits 2; a full disk exits 1 (the run failed, the input was fine); Ctrl-C exits 130.
+    Bad input (ScenarioError, UserError, a missing file) exits 2; a run that failed on valid input
+    (RunFailedError, a full disk) exits 1; Ctrl-C exits 130.
     """
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except RunFailedError as exc:
+            fail(str(exc), code=FAILED_JOBS_EXIT)
         except (ScenarioError, UserError) as exc:
             fail(str(exc))
         except FileNotFoundError as exc:

@@ -10,66 +10,69 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.markup import escape
 
 from fedattr.cli.console import FAILED_JOBS_EXIT, err, out, print_json, rows_table
 
-__all__ = ["finish_run", "print_summary", "print_sweep", "print_failures", "failed_jobs",
-           "exit_if_failed", "timing_line", "read_meta"]
+if TYPE_CHECKING:  # the report (and matplotlib) is imported when a command prints one
+    from fedattr.report import ScenarioSummary, SweepSummary
+
+__all__ = ["finish_run", "print_summary", "print_sweep", "print_failures", "exit_if_failed", "timing_line",
+           "read_meta"]
 
 
-def print_summary(summary: Mapping[str, Any]) -> None:
-    """Per arm and evaluator: final accuracy, attacker value, inflation, Kendall tau; then failures."""
+def print_summary(summary: ScenarioSummary) -> None:
+    """Per arm and evaluator: final accuracy, attacker value, inflation, Kendall tau; then what is
+    unfinished or failed (so that no number is taken as final when it is not)."""
     from fedattr.report import summary_rows
 
     headers, rows = summary_rows(summary)
-    out().print(rows_table(f"{summary.get('name')}: mean ± 95% CI over seeds", headers, rows))
+    out().print(rows_table(f"{summary.name}: mean ± 95% CI over seeds", headers, rows))
     print_failures(summary)
 
 
-def print_failures(summary: Mapping[str, Any], where: str = "") -> None:
-    """The failures table (rejected replies, silent nodes, failed jobs), when there is any."""
-    from fedattr.report import failure_rows
+def print_failures(summary: ScenarioSummary, where: str = "") -> None:
+    """The unfinished-jobs and failures tables (on stderr), when there is any; a live run's note."""
+    from fedattr.report import failure_rows, unfinished_rows
 
+    if summary.in_progress:
+        err().print(f"[yellow]{escape(where)}in progress: a live fedattr run holds {escape(str(summary.dir))}; "
+                    "these numbers are not final[/yellow]")
+    headers, rows = unfinished_rows(summary)
+    if rows:
+        err().print(rows_table(f"{where}unfinished jobs (their values are from the last round reached)",
+                               headers, rows))
     headers, rows = failure_rows(summary)
     if rows:
         err().print(rows_table(f"{where}failures (rejected replies are never aggregated; failed jobs are "
                                "left out of every statistic)", headers, rows))
 
 
-def print_sweep(summary: Mapping[str, Any]) -> None:
+def print_sweep(summary: SweepSummary) -> None:
     """One row per sweep point, arm and evaluator (non-honest arms only)."""
     from fedattr.report import summary_rows
 
     table_rows, headers = [], ["point", "overrides"]
-    for point in summary["points"]:
-        overrides = ", ".join(f"{k}={v}" for k, v in point["overrides"].items())
-        if not point.get("summary"):
-            table_rows.append([Path(point["dir"]).name, overrides, point.get("error", "no results")])
+    for point in summary.points:
+        overrides = ", ".join(f"{k}={v}" for k, v in point.overrides.items())
+        if point.summary is None:
+            table_rows.append([Path(point.dir).name, overrides, point.error or "no results"])
             continue
-        h, rows = summary_rows(point["summary"])
+        h, rows = summary_rows(point.summary)
         headers = ["point", "overrides"] + h
-        honest = point["summary"].get("honest_arm")
-        table_rows += [[Path(point["dir"]).name, overrides] + r for r in rows if r[0] != honest]
+        table_rows += [[Path(point.dir).name, overrides] + r for r in rows if r[0] != point.summary.honest_arm]
     out().print(rows_table("sweep: mean ± 95% CI over seeds", headers, table_rows))
-    for point in summary["points"]:
-        if point.get("summary"):
-            print_failures(point["summary"], where=f"{Path(point['dir']).name}: ")
+    for point in summary.points:
+        if point.summary is not None:
+            print_failures(point.summary, where=f"{Path(point.dir).name}: ")
 
 
-def failed_jobs(summary: Mapping[str, Any]) -> int:
-    """Failed jobs of a scenario or sweep summary."""
-    if summary.get("kind") == "sweep":
-        return sum(failed_jobs(p["summary"]) for p in summary.get("points", []) if p.get("summary"))
-    return int((summary.get("jobs") or {}).get("failed") or 0)
-
-
-def exit_if_failed(summary: Mapping[str, Any], results_dir: Path) -> None:
+def exit_if_failed(summary: ScenarioSummary | SweepSummary, results_dir: Path) -> None:
     """Exit with FAILED_JOBS_EXIT when any job failed (its results are listed, not trusted)."""
-    failed = failed_jobs(summary)
+    failed = summary.failed_jobs
     if failed:
         err().print(f"[bold red]error:[/bold red] [red]{failed} job(s) failed (see the failures table); "
                     f"re-run the same command to retry them: {escape(str(results_dir))}[/red]")
@@ -112,9 +115,9 @@ def finish_run(results_dir: Path, *, json_: bool, no_report: bool,
     if json_:
         if sweep:
             print_json({"sweep_dir": str(results_dir), "report": report, "wall_s": meta.get("wall_s"),
-                        "startup_s": meta.get("startup_s"), "summary": summary})
+                        "startup_s": meta.get("startup_s"), "summary": summary.as_dict()})
         else:
-            print_json({"results_dir": str(results_dir), "report": report, "summary": summary})
+            print_json({"results_dir": str(results_dir), "report": report, "summary": summary.as_dict()})
         exit_if_failed(summary, results_dir)
         return
     con = out()

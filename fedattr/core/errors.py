@@ -11,3 +11,11 @@ class DatasetUnavailableError(UserError):
 
 class DamagedResultsError(UserError):
     """A results file that is truncated or does not validate; the message names it and the fix."""
+
+
+class RunFailedError(UserError):
+    """A run that started on valid input but did not finish; the CLI exits with status 1, not 2."""
+
+
+class NoSpaceError(RunFailedError):
+    """A write failed because its file system is full; the message names the path."""

@@ -21,14 +21,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from fedattr.core.errors import UserError
 from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_processes, free_port,
                                       project_root, tagged_env)
-from fedattr.results.store import atomic_write_json, job_state, read_jsonl
-
-Progress = Callable[[dict[str, Any]], None]
+from fedattr.launch.follow import Progress, RoundFollower, emit
+from fedattr.launch.runconfig import run_config_args
+from fedattr.results.store import atomic_write_json, job_state
 
 #: name of the connection written to the deployment's FLWR_HOME
 CONNECTION = "fedattr-local"
@@ -189,55 +189,21 @@ def latest_run(text: str) -> dict[str, Any] | None:
     return runs[-1] if runs else None
 
 
-def _emit(progress: Progress | None, event: dict[str, Any]) -> None:
-    if progress is not None:
-        progress(event)
-
-
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-@dataclass
-class _Follower:
-    """Turns the jobs' rounds.jsonl/summary.json into progress events (as the simulation launcher)."""
-
-    jobs: list[dict[str, Any]]
-    progress: Progress | None
-    seen: dict[str, int] = field(default_factory=dict)
-    first_round_at: float | None = None
-
-    def tick(self) -> int:
-        ended = {j["spec"]["job_id"] for j in self.jobs if job_state(j["dir"]).done}
-        done = len(ended)
-        for j in self.jobs:
-            d, key = Path(j["dir"]), j["spec"]["job_id"]
-            n_rounds = len(read_jsonl(d / "rounds.jsonl"))
-            finished = key in ended
-            if n_rounds and self.first_round_at is None:
-                self.first_round_at = time.perf_counter()
-            if n_rounds != self.seen.get(key, 0) or (finished and key + "#done" not in self.seen):
-                self.seen[key] = n_rounds
-                if finished:
-                    self.seen[key + "#done"] = 1
-                _emit(self.progress, {"event": "round", "arm": j["spec"]["arm"], "seed": j["spec"]["seed"],
-                                      "round": n_rounds, "rounds": j["spec"]["rounds"], "jobs_done": done,
-                                      "jobs_total": len(self.jobs)})
-        _emit(self.progress, {"event": "jobs", "jobs_done": done, "jobs_total": len(self.jobs)})
-        return done
 
 
 def execute_plan_local(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, attacker_ids: list[int],
                        work_dir: Path, progress: Progress | None = None, node_extra: dict[str, str] | None = None,
                        status_every_s: float = 15.0, tag: str | None = None) -> dict[str, Any]:
     """Run the unfinished jobs of a plan in ONE ``flwr run`` on a local deployment; return timings and status."""
-    from fedattr.launch.simulation import run_error_cause, startup_seconds
+    from fedattr.launch.simulation import raise_run_failure, startup_seconds
 
     work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     todo = [j for j in jobs if job_state(j["dir"]).status != "finished"]
     if not todo:
-        _emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
+        emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
         return {"wall_s": 0.0, "startup_s": 0.0, "status": None}
     flwr_log = work_dir / "flwr.log"
     log_start = flwr_log.stat().st_size if flwr_log.exists() else 0
@@ -246,7 +212,7 @@ def execute_plan_local(plan_path: Path, jobs: list[dict[str, Any]], num_clients:
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with LocalDeployment(num_clients, attacker_ids, work_dir, node_extra, tag=tag) as dep:
-            _emit(progress, {"event": "log", "message": f"local deployment up: SuperLink {dep.address_}, "
+            emit(progress, {"event": "log", "message": f"local deployment up: SuperLink {dep.address_}, "
                                                         f"{num_clients} SuperNodes (attacker ids {attacker_ids}); "
                                                         f"processes in {work_dir / 'processes.json'}"})
             status, follower = _submit_and_follow(dep, plan_path, todo, work_dir, progress, status_every_s)
@@ -256,20 +222,21 @@ def execute_plan_local(plan_path: Path, jobs: list[dict[str, Any]], num_clients:
     missing = [j["spec"]["job_id"] for j in todo if not job_state(j["dir"]).done]
     run_status = str((status or {}).get("status") or "unknown")
     if missing or run_status.endswith(("failed", "stopped")):
-        cause = run_error_cause(flwr_log, log_start) or "no error line found in the log"
-        raise UserError(f"the deployed run ended with status {run_status!r} and {len(missing)} unfinished job(s) "
-                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): {cause}; "
-                        f"logs: {work_dir}")
+        raise_run_failure(f"the deployed run ended with status {run_status!r} and {len(missing)} unfinished job(s) "
+                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", flwr_log, log_start,
+                          logs=work_dir)
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "startup_s": startup_seconds(todo, follower.first_round_at, t0, wall),
             "status": run_status}
 
 
 def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[str, Any]], work_dir: Path,
-                       progress: Progress | None, status_every_s: float) -> tuple[dict | None, _Follower]:
-    cmd = [bin_path("flwr"), "run", str(project_root()), CONNECTION, "--run-config", f"plan='{plan_path}'", "--stream"]
-    _emit(progress, {"event": "log", "message": f"flwr run: {' '.join(cmd)}"})
-    follower = _Follower(jobs, progress)
+                       progress: Progress | None, status_every_s: float) -> tuple[dict | None, RoundFollower]:
+    cmd = [bin_path("flwr"), "run", str(project_root()), CONNECTION,
+           *run_config_args(work_dir / "run_config.toml", {"plan": str(plan_path)}), "--stream"]
+    emit(progress, {"event": "log", "message": f"flwr run: {' '.join(cmd)}"})
+    follower = RoundFollower(jobs, progress)
+    follower.start(work_dir / "flwr.log")
     status: dict | None = None
     reported: set[str] = set()
     with open(work_dir / "flwr.log", "ab") as fh:
@@ -282,7 +249,7 @@ def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[st
                 for m in dep.exited():
                     if m.name not in reported:
                         reported.add(m.name)
-                        _emit(progress, {"event": "log", "message": f"{m.name} ({m.role or m.kind}) exited with "
+                        emit(progress, {"event": "log", "message": f"{m.name} ({m.role or m.kind}) exited with "
                                                                     f"status {m.proc.returncode}"})
                         if m.kind == "superlink":
                             raise UserError(f"the SuperLink exited with status {m.proc.returncode}; "
@@ -292,7 +259,7 @@ def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[st
                     status = dep.run_status() or status
                     next_status = time.monotonic() + status_every_s
                     if status:
-                        _emit(progress, {"event": "status", "run_id": status.get("run-id"),
+                        emit(progress, {"event": "status", "run_id": status.get("run-id"),
                                          "status": status.get("status")})
                     if status and str(status.get("status", "")).startswith("finished"):
                         break

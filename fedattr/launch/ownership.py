@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -25,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from fedattr.core.errors import UserError
+from fedattr.core.errors import NoSpaceError, UserError
 from fedattr.launch.processes import end_tagged_processes
 
 LOCK_NAME = ".fedattr.lock"
@@ -52,9 +53,14 @@ def own_results_dir(results_dir: Path, watch: bool = True) -> Iterator[str]:
 
     Raises UserError when another live run holds the directory.
     """
-    results_dir.mkdir(parents=True, exist_ok=True)
     lock_path = results_dir / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(f"no space left on {lock_path}: free some space, then run again") from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -74,9 +80,14 @@ def own_results_dir(results_dir: Path, watch: bool = True) -> Iterator[str]:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "tag": tag,
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise NoSpaceError(f"no space left on {lock_path}: free some space, then run again") from None
+            raise
         if watch:
             watchdog = subprocess.Popen([sys.executable, "-m", "fedattr.launch.watchdog", "--parent", str(os.getpid()),
                                          "--tag", tag],

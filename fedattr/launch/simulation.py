@@ -15,14 +15,15 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from fedattr.core.errors import UserError
+from fedattr.core.errors import NoSpaceError, RunFailedError, UserError
+from fedattr.launch.follow import Progress, RoundFollower, emit
 from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_processes, free_port,
                                       project_root, tagged_env)
-from fedattr.results.store import job_state, read_jsonl
-
-Progress = Callable[[dict[str, Any]], None]
+from fedattr.launch.runconfig import run_config_args
+from fedattr.protocol import RecordError, read_rounds
+from fedattr.results.store import job_state
 
 
 @contextmanager
@@ -64,11 +65,6 @@ def simulation_superlink(flwr_home: Path, log_path: Path,
         log_fh.close()
 
 
-def _emit(progress: Progress | None, event: dict[str, Any]) -> None:
-    if progress is not None:
-        progress(event)
-
-
 def _done(job: dict[str, Any]) -> bool:
     """The job's summary is valid (finished or failed): the ServerApp has moved past it."""
     return job_state(job["dir"]).done
@@ -90,7 +86,7 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
     t0 = time.perf_counter()
     todo = [j for j in jobs if not _finished(j)]
     if not todo:
-        _emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
+        emit(progress, {"event": "log", "message": "every job finished earlier; nothing to run"})
         return {"wall_s": 0.0, "startup_s": 0.0}
     # Flower wants whole CPUs as an integer; GPUs may be fractional.
     cpus = int(runtime.client_cpus) if float(runtime.client_cpus).is_integer() else runtime.client_cpus
@@ -113,43 +109,23 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_cfg: str, work_dir: Path,
              flwr_log: Path, t0: float, progress: Progress | None, tag: str | None) -> dict[str, float]:
-    first_round_at: float | None = None
     log_start = flwr_log.stat().st_size if flwr_log.exists() else 0
+    follower = RoundFollower(jobs, progress)
+    follower.start(flwr_log)
     with simulation_superlink(work_dir / "flwr_home", work_dir / "superlink.log", tag) as (conn, env):
-        cmd = [bin_path("flwr"), "run", str(project_root()), conn, "--run-config", f"plan='{plan_path}'",
+        cmd = [bin_path("flwr"), "run", str(project_root()), conn,
+               *run_config_args(work_dir / "run_config.toml", {"plan": str(plan_path)}),
                "--federation-config", fed_cfg, "--stream"]
-        _emit(progress, {"event": "log", "message": f"flwr run: {' '.join(cmd)}"})
+        emit(progress, {"event": "log", "message": f"flwr run: {' '.join(cmd)}"})
         with open(flwr_log, "ab") as fh:
             proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-            seen: dict[str, int] = {}
-            # Only jobs of this launch are followed: finished ones say nothing about this start-up.
-            pending = {j["spec"]["job_id"] for j in jobs}
-            ended: set[str] = set()
             try:
                 while proc.poll() is None:
                     time.sleep(1.0)
-                    for j in jobs:
-                        if j["spec"]["job_id"] not in ended and _done(j):
-                            ended.add(j["spec"]["job_id"])
-                    done = len(ended)
-                    for j in jobs:
-                        d = Path(j["dir"])
-                        n_rounds = _count_lines(d / "rounds.jsonl")
-                        finished = j["spec"]["job_id"] in ended
-                        key = j["spec"]["job_id"]
-                        if n_rounds and first_round_at is None and key in pending:
-                            first_round_at = time.perf_counter()
-                        if n_rounds != seen.get(key, 0) or (finished and seen.get(key + "#done") is None):
-                            seen[key] = n_rounds
-                            if finished:
-                                seen[key + "#done"] = 1
-                            _emit(progress, {"event": "round", "arm": j["spec"]["arm"], "seed": j["spec"]["seed"],
-                                             "round": n_rounds, "rounds": j["spec"]["rounds"],
-                                             "jobs_done": done, "jobs_total": len(jobs)})
-                    _emit(progress, {"event": "jobs", "jobs_done": done, "jobs_total": len(jobs)})
-                    if done == len(jobs):
+                    if follower.tick() == len(jobs):
                         break
                 proc.wait(timeout=120)
+                follower.tick()  # rounds written while the last tick ran
             except BaseException:
                 end_process_group(proc)
                 raise
@@ -158,21 +134,45 @@ def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_
                     end_process_group(proc)
     missing = [j["spec"]["job_id"] for j in jobs if not _done(j)]
     if missing:
-        cause = run_error_cause(flwr_log, log_start) or "no error line found in the log"
-        raise UserError(f"the Flower run ended without finishing {len(missing)} job(s) "
-                        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): {cause}; "
-                        f"full log: {flwr_log}")
+        raise_run_failure(f"the Flower run ended without finishing {len(missing)} job(s) "
+                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", flwr_log, log_start)
     wall = time.perf_counter() - t0
-    first_pending = [j for j in jobs if j["spec"]["job_id"] in pending] or jobs
-    return {"wall_s": wall, "startup_s": startup_seconds(first_pending, first_round_at, t0, wall)}
+    return {"wall_s": wall, "startup_s": startup_seconds(jobs, follower.first_round_at, t0, wall)}
 
 
-def _count_lines(path: Path) -> int:
-    """Round records written so far (the file is rewritten atomically, so lines are whole)."""
+#: what the OS says when a write finds its file system full (ENOSPC), with the path when it names one
+_NO_SPACE = re.compile(r"No space left on device(?::\s*'([^']+)')?")
+#: what fedattr's own NoSpaceError says (``no space left on PATH``)
+_NO_SPACE_ON = re.compile(r"no space left on (/\S+?)[:;,]?(?:\s|$)")
+
+
+def no_space_path(log_path: Path, start: int = 0) -> str | None:
+    """The path a full disk stopped the run at (``"device"`` when none is named), if the log says
+    after byte ``start`` that a write found its file system full; else None."""
     try:
-        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except (OSError, UnicodeDecodeError):
-        return 0
+        with open(log_path, "rb") as fh:
+            fh.seek(start)
+            text = _ANSI.sub("", fh.read().decode("utf-8", errors="replace"))
+    except OSError:
+        return None
+    found = None
+    for line in text.splitlines():
+        m = _NO_SPACE_ON.search(line) or _NO_SPACE.search(line)
+        if m:
+            found = m.group(1) or found or "device"
+    return found
+
+
+def raise_run_failure(what: str, log_path: Path, log_start: int, logs: Path | None = None) -> None:
+    """Raise the error of a run that ended unfinished: :class:`NoSpaceError` when the log shows a
+    full disk, else :class:`RunFailedError` with the log's last exception line."""
+    where = f"full log: {log_path}" if logs is None else f"logs: {logs}"
+    full = no_space_path(log_path, log_start)
+    if full is not None:
+        raise NoSpaceError(f"no space left on {full}: {what}; free some space and re-run the same command "
+                           f"to resume; {where}")
+    cause = run_error_cause(log_path, log_start) or "no error line found in the log"
+    raise RunFailedError(f"{what}: {cause}; {where}")
 
 
 #: a Python exception line as Flower's logs print it, e.g. ``ValueError: ...`` or ``fedattr.core.errors.UserError: ...``
@@ -214,13 +214,17 @@ def startup_seconds(jobs: list[dict[str, Any]], first_round_at: float | None, t0
     """
     if first_round_at is None:
         return wall
-    rounds = read_jsonl(Path(jobs[0]["dir"]) / "rounds.jsonl")
+    try:
+        rounds = read_rounds(Path(jobs[0]["dir"]) / "rounds.jsonl")
+    except (RecordError, OSError, UnicodeDecodeError):
+        rounds = []
     if not rounds:
         return first_round_at - t0
-    first = rounds[0].get("timings", {})
-    later = sorted(r.get("timings", {}).get("train_s", 0.0) for r in rounds[1:]) or [0.0]
+    first = rounds[0].timings
+    later = sorted(r.timings.get("train_s", 0.0) for r in rounds[1:]) or [0.0]
     own_work = first.get("attribution_s", 0.0) + first.get("aggregate_s", 0.0) + later[len(later) // 2]
     return max(0.0, first_round_at - t0 - own_work)
 
 
-__all__ = ["simulation_superlink", "execute_plan", "startup_seconds", "run_error_cause"]
+__all__ = ["simulation_superlink", "execute_plan", "startup_seconds", "run_error_cause", "raise_run_failure",
+           "no_space_path"]
