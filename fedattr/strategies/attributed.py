@@ -489,7 +489,7 @@ def _open_results(out_dir: Path, job_info: dict[str, Any], num_rounds: int, scor
                   num_clients: int, start: bool = True):
     """A fedattr results directory for one job: scenario.json and the job's recorder."""
     from fedattr.results.store import JobRecorder, atomic_write_json, job_name
-    from fedattr.scenario.schema import scenario_from_dict
+    from fedattr.scenario import scenario_from_dict
 
     out_dir.mkdir(parents=True, exist_ok=True)
     arm, seed = str(job_info["arm"]), int(job_info["seed"])

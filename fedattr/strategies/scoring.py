@@ -143,7 +143,7 @@ class RoundScorer:
                 cf_vectors[name][int(pid)] = {int(p): float(v) for p, v in zip(cf_game.players, ev.values_)}
             evaluations[f"counterfactual_{pid}_unique"] = int(cf_game.cache.n_evaluations)
         seconds["total"] = time.perf_counter() - t0
-        utility = {"engine": self.utility.strategy_, "models": int(self.utility.n_models_ - models0),
+        utility = {"engine": self.utility.engine_.name, "models": int(self.utility.n_models_ - models0),
                    "seconds": float(self.utility.seconds_ - utility_s0)}
         return RoundAttribution(values, cf_values, evaluations, seconds, extra, cf_vectors, utility)
 
