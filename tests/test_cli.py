@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
+import time
 import tomllib
 import types
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedattr.cli.app import app
-from fedattr.core.errors import UserError
+from fedattr.core.errors import NoSpaceError, RunFailedError, UserError
 from fedattr.scenario import Scenario, load_scenario, to_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,3 +316,183 @@ def test_train_generator_defaults_and_table(cli, fake_runner):
 def test_train_generator_bad_source(cli, fake_runner):
     result = cli.invoke(app, ["train-generator", str(DEMO), "--source", "web"])
     assert result.exit_code == 2 and fake_runner.calls == []
+
+
+# --------------------------------------------------------------------------- exit codes, one finish_run
+
+
+def _failed_copy(dest: Path) -> Path:
+    """A copy of the fixture run whose attack__s1 job failed."""
+    root = shutil.copytree(SMALL / "run", dest)
+    summary_path = root / "jobs" / "attack__s1" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.update(status="failed", failure_reason="rounds [2] had fewer than min_clients valid replies")
+    summary_path.write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture()
+def fake_deploy(monkeypatch, tmp_path):
+    """``fedattr.launch.local.deploy_scenario`` replaced: returns a copy of the fixture with a failed job."""
+    import fedattr.launch.local as local
+
+    calls = []
+
+    def deploy_scenario(scenario, out_dir=None, progress=None, scenario_path=None, node_extra=None, force=False):
+        calls.append((out_dir, node_extra, force))
+        return _failed_copy(Path(out_dir))
+
+    monkeypatch.setattr(local, "deploy_scenario", deploy_scenario)
+    return calls
+
+
+def test_deploy_local_exits_1_on_a_failed_job_like_run(cli, fake_runner, fake_deploy, tmp_path):
+    deployed = cli.invoke(app, ["deploy", "local", str(DEMO), "--out", str(tmp_path / "d"), "--no-report"])
+    assert deployed.exit_code == 1, deployed.output
+    assert "1 job(s) failed" in deployed.stderr and "Traceback" not in deployed.output
+    fake_runner.run_scenario = lambda scenario, out_dir=None, **kw: _failed_copy(Path(out_dir))
+    ran = cli.invoke(app, ["run", str(DEMO), "--out", str(tmp_path / "r"), "--no-report"])
+    assert ran.exit_code == 1 and "1 job(s) failed" in ran.stderr
+    # the same summary table from both commands: one finish_run
+    assert deployed.stdout.replace(str(tmp_path / "d"), "R") == ran.stdout.replace(str(tmp_path / "r"), "R")
+
+
+def test_deploy_local_json_exits_1_on_a_failed_job(cli, fake_runner, fake_deploy, tmp_path):
+    result = cli.invoke(app, ["deploy", "local", str(DEMO), "--out", str(tmp_path / "d"), "--json", "--no-report"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["summary"]["jobs"]["failed"] == 1
+
+
+@pytest.mark.parametrize("exc, code, needle", [
+    (RunFailedError("the Flower run ended without finishing 2 job(s)"), 1, "without finishing"),
+    (NoSpaceError("no space left on /r/jobs/a__s0/rounds.jsonl"), 1, "no space left on /r/jobs"),
+    (OSError(28, "No space left on device", "/r/report.md"), 1, "no space left on /r/report.md"),
+    (UserError("--out /x is a file"), 2, "is a file"),
+    (FileNotFoundError(2, "No such file", "/x/y.toml"), 2, "file not found: /x/y.toml"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+], ids=["run-failed", "no-space", "enospc", "bad-input", "missing-file", "interrupted"])
+def test_exit_codes(cli, fake_runner, exc, code, needle):
+    """0 finished (the other tests), 1 a run or job failed, 2 bad input, 130 interrupted."""
+    def failing(*args, **kwargs):
+        raise exc
+
+    fake_runner.run_scenario = failing
+    result = cli.invoke(app, ["run", str(DEMO)])
+    assert result.exit_code == code, result.output
+    assert needle in result.stderr and "Traceback" not in result.output
+
+
+def test_report_on_a_full_disk_exits_1_and_leaves_no_temp_file(cli, monkeypatch, tmp_path):
+    import errno
+    import os as _os
+
+    root = shutil.copytree(SMALL / "run", tmp_path / "run")
+    real_fsync = _os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_os, "fsync", full)
+    result = cli.invoke(app, ["report", str(root)])
+    assert result.exit_code == 1, result.output
+    assert "no space left on" in result.stderr and str(root) in result.stderr
+    assert "Traceback" not in result.output
+    assert not list(root.rglob("*.tmp")) and not (root / "report.md").exists()
+    monkeypatch.setattr(_os, "fsync", real_fsync)  # space freed: the same command completes
+    again = cli.invoke(app, ["report", str(root)])
+    assert again.exit_code == 0, again.output
+    assert (root / "report.md").stat().st_size > 0
+
+
+def test_version(cli):
+    from importlib.metadata import version
+
+    result = cli.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"fedattr {version('fedattr')}"
+
+
+def test_shell_completion_is_offered(cli):
+    result = cli.invoke(app, ["--help"])
+    assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
+
+
+# --------------------------------------------------------------------------- live progress
+
+
+def _round(r, rounds=3, **kw):
+    return {"event": "round", "job": "attack__s0", "arm": "attack", "seed": 0, "round": r, "rounds": rounds,
+            "accuracy": 0.5 + r / 10, "attacker": 0, "evaluator": "loo", "attacker_value": 0.25 * r,
+            "attacker_rank": 1, "clients": 4, "seconds": 2.0, "jobs_done": 0, "jobs_total": 2, **kw}
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_progress_plain_lines_come_as_rounds_finish():
+    import io
+
+    from rich.console import Console
+
+    from fedattr.cli.progress import ProgressView
+
+    buf = io.StringIO()
+    clock = _Clock()
+    view = ProgressView(Console(file=buf), clock=clock)
+    assert view.plain  # a StringIO is not a terminal
+    with view:
+        view({"event": "start", "jobs_total": 2, "rounds_total": 6, "log": "/r/logs/flwr.log"})
+        assert buf.getvalue() == "log: /r/logs/flwr.log\n"
+        clock.t += 30  # start-up: not part of the ETA
+        view(_round(1))
+        first = buf.getvalue().splitlines()[-1]
+        assert first.startswith("attack__s0 round 1/3  acc 0.6000  attacker 0 loo +0.2500 rank 1/4  2.0 s")
+        assert "jobs 0/2" in first and first.endswith("ETA 10s")  # 5 rounds left x 2.0 s (the round's own time)
+        clock.t += 4
+        view(_round(2))
+        assert buf.getvalue().splitlines()[-1].endswith("ETA 16s")  # 4 rounds left x 4 s measured per round
+        view({"event": "job", "job": "attack__s0", "status": "failed", "reason": "too few replies",
+              "jobs_done": 1, "jobs_total": 2})
+        assert buf.getvalue().splitlines()[-1] == "attack__s0 failed: too few replies"
+    assert view.rounds_done_ == 2 and view.eta_s_ == 16
+
+
+def test_progress_lines_reach_a_pipe_before_the_run_ends(tmp_path):
+    """Piped output: each round line is readable while the command still runs (not buffered to the end)."""
+    script = tmp_path / "emit.py"
+    script.write_text(
+        "import sys, time\n"
+        "from rich.console import Console\n"
+        "from fedattr.cli.progress import ProgressView\n"
+        "with ProgressView(Console(file=sys.stderr)) as view:\n"
+        "    for r in (1, 2):\n"
+        "        view({'event': 'round', 'job': 'a__s0', 'arm': 'a', 'seed': 0, 'round': r, 'rounds': 2,\n"
+        "              'accuracy': 0.9, 'seconds': 1.0})\n"
+        "        time.sleep(30 if r == 1 else 0)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        line = proc.stderr.readline()
+        assert line.startswith("a__s0 round 1/2  acc 0.9000  1.0 s") and time.monotonic() - t0 < 25
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_run_shows_the_log_and_one_line_per_round(cli, fake_runner, tmp_path):
+    def run_scenario(scenario, out_dir=None, progress=None, **kw):
+        progress({"event": "start", "jobs_total": 1, "rounds_total": 2, "log": "/r/logs/flwr.log"})
+        for r in (1, 2):
+            progress(_round(r, rounds=2))
+        return shutil.copytree(SMALL / "run", Path(out_dir))
+
+    fake_runner.run_scenario = run_scenario
+    result = cli.invoke(app, ["run", str(DEMO), "--out", str(tmp_path / "o"), "--no-report"])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith(("log:", "attack__s0 round"))]
+    assert lines[0] == "log: /r/logs/flwr.log"
+    assert [ln.split("  ")[0] for ln in lines[1:]] == ["attack__s0 round 1/2", "attack__s0 round 2/2"]
