@@ -49,6 +49,8 @@ def _cuda() -> bool:
 # (id, --set overrides, needle in the message)
 SCENARIO_VALUES = [
     ("one client", ["num_clients=1"], "num_clients"),
+    ("scenario name that leaves output_dir", ['name="../esc"'], "name = '../esc'"),
+    ("scenario name with a separator", ['name="a/b"'], "name = 'a/b'"),
     ("zero rounds", ["rounds=0"], "rounds"),
     ("no seeds", ["seeds=[]"], "seeds"),
     ("negative lr", ["train.lr=-1"], "train.lr"),

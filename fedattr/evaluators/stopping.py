@@ -9,6 +9,7 @@ it cannot finish within it.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +60,19 @@ class EstimatorState:
     stderr: np.ndarray = field(default_factory=lambda: np.zeros(0))
     history: list = field(default_factory=list)
     n_permutations: int = 0
+
+
+def _arg(name: str, value, low: float, *, integer: bool = False, strict: bool = False):
+    """``value`` as an int or float, or a ValueError naming ``name`` and the allowed range."""
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = value > low if strict else value >= low  # False for NaN
+    if not ok:
+        raise ValueError(f"{name} must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+    return int(value) if integer else float(value)
 
 
 class StoppingRule:
@@ -134,9 +148,7 @@ class MaxEvaluations(StoppingRule):
     """Stop at ``n`` distinct coalitions requested by the evaluator (a hard budget)."""
 
     def __init__(self, n: int):
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        self.n = int(n)
+        self.n = _arg("n", n, 1, integer=True)
 
     def check(self, state):
         return state.n_evaluations >= self.n
@@ -153,9 +165,7 @@ class MaxSamples(StoppingRule):
     """Stop after ``n`` completed samples (permutations for permutation estimators)."""
 
     def __init__(self, n: int):
-        if n < 1:
-            raise ValueError("n must be >= 1")
-        self.n = int(n)
+        self.n = _arg("n", n, 1, integer=True)
 
     def check(self, state):
         return state.n_samples >= self.n
@@ -175,7 +185,7 @@ class MaxTime(StoppingRule):
     """Stop once ``seconds`` of wall time have passed since the evaluator started."""
 
     def __init__(self, seconds: float):
-        self.seconds = float(seconds)
+        self.seconds = _arg("seconds", seconds, 0)
 
     def check(self, state):
         return state.elapsed >= self.seconds
@@ -188,8 +198,8 @@ class StandardError(StoppingRule):
     """Stop when every player's standard error is ``<= threshold`` after ``min_samples`` samples."""
 
     def __init__(self, threshold: float, min_samples: int = 30):
-        self.threshold = float(threshold)
-        self.min_samples = int(min_samples)
+        self.threshold = _arg("threshold", threshold, 0)
+        self.min_samples = _arg("min_samples", min_samples, 0, integer=True)
 
     def check(self, state):
         if state.n_samples < self.min_samples:
@@ -210,9 +220,9 @@ class RelativeChange(StoppingRule):
     """
 
     def __init__(self, tolerance: float = 0.05, window: int = 10, min_samples: int = 30):
-        self.tolerance = float(tolerance)
-        self.window = int(window)
-        self.min_samples = int(min_samples)
+        self.tolerance = _arg("tolerance", tolerance, 0)
+        self.window = _arg("window", window, 1, integer=True)
+        self.min_samples = _arg("min_samples", min_samples, 0, integer=True)
 
     def check(self, state):
         if state.n_samples < max(self.min_samples, self.window) or len(state.history) < self.window:
@@ -237,8 +247,8 @@ class RankStability(StoppingRule):
     ``min_samples`` samples."""
 
     def __init__(self, window: int = 10, min_samples: int = 30):
-        self.window = int(window)
-        self.min_samples = int(min_samples)
+        self.window = _arg("window", window, 1, integer=True)
+        self.min_samples = _arg("min_samples", min_samples, 0, integer=True)
         self.reset()
 
     def reset(self):

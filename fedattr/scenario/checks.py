@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedattr.core.errors import UserError
-from fedattr.scenario.errors import did_you_mean
+from fedattr.core.registry import did_you_mean
 from fedattr.scenario.schema import Scenario
 
 __all__ = ["registries", "check_evaluator", "check_components", "check_scenario",

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from fedattr.core.registry import did_you_mean
 from fedattr.scenario.fields import inner_model
 from fedattr.scenario.schema import Scenario
 
@@ -20,18 +21,6 @@ __all__ = ["ScenarioError", "scenario_from_dict", "dump_resolved", "short"]
 
 class ScenarioError(Exception):
     """A scenario (file, override or grid) is invalid; the message names field, value and rule."""
-
-
-def did_you_mean(name: str, choices: Sequence[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    try:
-        from fedattr.core.registry import did_you_mean as _shared
-    except ImportError:  # the shared registry helper is optional at this layer
-        import difflib
-
-        close = difflib.get_close_matches(name, list(choices), n=1)
-        return f"; did you mean {close[0]!r}?" if close else ""
-    return _shared(name, choices)
 
 
 def short(value: Any, limit: int = 80) -> str:
