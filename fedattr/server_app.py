@@ -42,6 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedattr.strategies.scoring import RoundScorer
 from fedattr.learning.models import resolve_device
+from fedattr.scenario import Scenario
 from fedattr.scenario.plan import default_results_dir, read_plan, scenario_jobs, write_plan
 from fedattr.protocol import JobSummary, Plan, PlanEntry
 from fedattr.results.store import JobRecorder, atomic_write_json
@@ -135,12 +136,12 @@ def _select_attack(data: dict[str, Any], attack: str) -> dict[str, Any]:
     return {**data, "arms": arms}
 
 
-def scenario_from_run_config(run_config: dict[str, Any]):
+def scenario_from_run_config(run_config: dict[str, Any]) -> Scenario:
     """The scenario a run config describes: its TOML, the flat keys, then ``set`` (see the module docstring).
 
     Raises ScenarioError or UserError with one message for every bad value, before any job starts.
     """
-    from fedattr.scenario.preflight import check_registries
+    from fedattr.scenario.checks import check_scenario
     from fedattr.scenario import apply_overrides, load_scenario, scenario_from_dict
 
     path = str(run_config.get("scenario", "") or "")
@@ -154,11 +155,11 @@ def scenario_from_run_config(run_config: dict[str, Any]):
     if attack:
         scenario = scenario_from_dict(_select_attack(scenario.model_dump(mode="json"), attack),
                                       where=f"(run config attack = {attack!r})")
-    check_registries(scenario)
+    check_scenario(scenario, resources=False, data=False)
     return scenario
 
 
-def plan_from_run_config(scenario, run_config: dict[str, Any]) -> Plan:
+def plan_from_run_config(scenario: Scenario, run_config: dict[str, Any]) -> Plan:
     """Write ``scenario.json`` and ``plan.json`` into the run config's results directory; return the plan."""
     out = str(run_config.get("out-dir", "") or "")
     anchor = editable_source() or Path.home()

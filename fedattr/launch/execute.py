@@ -22,6 +22,7 @@ from fedattr.launch.train_generator import train_generator
 from fedattr.launch.ownership import check_resume, own_results_dir
 from fedattr.launch.simulation import Progress, execute_plan
 from fedattr.scenario.plan import default_results_dir, interleave, scenario_jobs, write_plan
+from fedattr.scenario import Scenario
 from fedattr.scenario.checks import check_out_dir, check_scenario, registries
 from fedattr.results.store import atomic_write_json, job_state
 
@@ -58,7 +59,7 @@ def _damaged(jobs: list[dict[str, Any]]) -> None:
             summary.replace(summary.with_name("summary.failed.json"))
 
 
-def _results_dir(scenario: Any, out_dir: str | Path | None, suffix: str = "") -> Path:
+def _results_dir(scenario: Scenario, out_dir: str | Path | None, suffix: str = "") -> Path:
     if out_dir:
         return check_out_dir(out_dir)
     default = default_results_dir(scenario)
@@ -77,7 +78,7 @@ class PreparedRun:
 
 
 @contextmanager
-def prepared_run(scenario: Any, out_dir: str | Path | None, scenario_path: str | Path | None,
+def prepared_run(scenario: Scenario, out_dir: str | Path | None, scenario_path: str | Path | None,
                  force: bool) -> Iterator[PreparedRun]:
     """What every launcher does around running a plan: pre-flight checks, own the directory,
     refuse a resume of other settings, write scenario.json and plan.json, and on success write
@@ -100,7 +101,7 @@ def prepared_run(scenario: Any, out_dir: str | Path | None, scenario_path: str |
         _finish_environment(results_dir, env, {}, started)
 
 
-def run_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Progress | None = None,
+def run_scenario(scenario: Scenario, out_dir: str | Path | None = None, progress: Progress | None = None,
                  scenario_path: str | Path | None = None, force: bool = False) -> Path:
     """Run every arm and seed of ``scenario`` in one Flower simulation; return the results directory.
 
@@ -115,7 +116,7 @@ def run_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Pro
     return run.results_dir
 
 
-def run_sweep(scenario: Any, points: list[tuple[dict[str, str], Any]], out_dir: str | Path | None = None,
+def run_sweep(scenario: Scenario, points: list[tuple[dict[str, str], Scenario]], out_dir: str | Path | None = None,
               progress: Progress | None = None, grid: dict[str, list[str]] | None = None,
               force: bool = False) -> Path:
     """Run every grid point of a sweep in ONE Flower simulation (start-up paid once)."""

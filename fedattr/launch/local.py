@@ -29,6 +29,7 @@ from fedattr.launch.processes import (bin_path, end_process_group, end_tagged_pr
 from fedattr.launch.follow import Progress, RoundFollower, emit
 from fedattr.launch.runconfig import run_config_args
 from fedattr.results.store import atomic_write_json, job_state
+from fedattr.scenario import Scenario
 
 #: name of the connection written to the deployment's FLWR_HOME
 CONNECTION = "fedattr-local"
@@ -272,7 +273,7 @@ def _submit_and_follow(dep: LocalDeployment, plan_path: Path, jobs: list[dict[st
     return status, follower
 
 
-def deploy_scenario(scenario: Any, out_dir: str | Path | None = None, progress: Progress | None = None,
+def deploy_scenario(scenario: Scenario, out_dir: str | Path | None = None, progress: Progress | None = None,
                     scenario_path: str | Path | None = None, node_extra: dict[str, str] | None = None,
                     force: bool = False) -> Path:
     """Run every arm and seed of ``scenario`` on a local deployment; return the results directory.

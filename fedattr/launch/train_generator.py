@@ -7,9 +7,10 @@ from typing import Any
 
 from fedattr.core.errors import UserError
 from fedattr.protocol import default_cache_dir
+from fedattr.scenario import Scenario
 
 
-def train_generator(scenario: Any, source: str = "public", partition_id: int | None = None,
+def train_generator(scenario: Scenario, source: str = "public", partition_id: int | None = None,
                     force: bool = False) -> dict[str, Any]:
     """Train (or load from the cache) the VAE the scenario's latent attacker uses in its first seed.
 
