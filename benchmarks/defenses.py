@@ -52,7 +52,8 @@ def _flag_rate(job, detector: str, pids: list[str]) -> float:
     """Share of (client, round) pairs of ``pids`` that ``detector`` flagged in one job."""
     hits = total = 0
     for rec in job.rounds:
-        flags = ((rec.get("detectors") or {}).get(detector) or {}).get("flags") or {}
+        det = rec.detectors.get(detector)
+        flags = {str(k): v for k, v in (det.flags if det is not None else {}).items()}
         for pid in pids:
             if pid in flags:
                 hits += bool(flags[pid])
@@ -64,14 +65,14 @@ def _detectors(res) -> list[str]:
     names: list[str] = []
     for job in res.jobs.values():
         for rec in job.rounds:
-            for d in rec.get("detectors") or {}:
+            for d in rec.detectors:
                 if d not in names:
                     names.append(d)
     return names
 
 
 def _arm_of(res, attack: str) -> str | None:
-    return next((a["name"] for a in res.scenario.get("arms") or [] if a.get("attack") == attack), None)
+    return next((a.name for a in res.scenario.arms if a.attack == attack), None)
 
 
 def detector_table(res) -> dict[str, dict[str, Any]]:
@@ -94,7 +95,7 @@ def detector_table(res) -> dict[str, dict[str, Any]]:
 
 
 def _clients(job) -> list[str]:
-    return sorted({str(c) for rec in job.rounds for c in rec.get("clients") or []}, key=int)
+    return sorted({str(c) for rec in job.rounds for c in rec.clients}, key=int)
 
 
 def _nanmean(xs) -> float:
@@ -106,9 +107,8 @@ def _cost(job, ev: str) -> tuple[float, float]:
     """Mean distinct utility evaluations and seconds per round of ``ev`` in one job."""
     evals, secs = [], []
     for rec in job.rounds:
-        timings = rec.get("timings") or {}
-        per_ev = timings.get("evaluators_s") or {}
-        evals.append(float((rec.get("utility_evaluations") or {}).get(ev, math.nan)))
+        per_ev = rec.timings.get("evaluators_s") or {}
+        evals.append(float(rec.utility_evaluations.get(ev, math.nan)))
         secs.append(float(per_ev.get(ev, math.nan)))
     return _nanmean(evals), _nanmean(secs)
 
