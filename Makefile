@@ -26,7 +26,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	@start=$$(date +%s); \
 	$(BIN)/fedattr run scenarios/demo.toml --out results/demo && \
-	$(BIN)/python -m fedattr.report.claim_stats results/demo && \
+	$(BIN)/fedattr stats results/demo && \
 	echo "make demo: $$(( $$(date +%s) - start )) s wall on this machine (matmul rate above)"
 
 # The whole suite with what it needs: scripts/test_env.sh installs and starts Docker for the compose
