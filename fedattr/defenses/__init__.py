@@ -35,8 +35,8 @@ def register_scoring_rules(registry: Registry = EVALUATORS) -> Registry:
     """Add every scoring rule of this package to the evaluator ``registry`` and return it
     (idempotent): the evaluator catalogue a scenario names from."""
     register_robust_scorers(registry)
-    from . import reference_player  # the footprint-designed scoring rules (issue 23)
+    from . import large_coalition, reference_player  # the footprint-designed scoring rules (issue 23)
 
-    for name, cls in reference_player.SCORERS.items():
+    for name, cls in {**reference_player.SCORERS, **large_coalition.SCORERS}.items():
         registry.register(name, cls)
     return registry
