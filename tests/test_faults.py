@@ -1,6 +1,7 @@
 """Faults a run must survive with results that say nothing false.
 
-Fast tests: the results-directory lock, the watchdog and the clean-up of an earlier run's
+Fast tests: the results-directory lock, the watchdog, a full disk (a real tmpfs when
+running as root), and the clean-up of an earlier run's
 orphans (with stand-in processes), damaged and failed job files, the resume check, the one-line
 cause of an in-run error. Slow test (starts Flower): SIGKILL of the CLI mid-run, a concurrent
 second run, and a re-run that reproduces an uninterrupted run.
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from fedattr.core.errors import DamagedResultsError, UserError
+from fedattr.core.errors import DamagedResultsError, NoSpaceError, RunFailedError, UserError
 from fedattr.launch.ownership import LOCK_NAME, check_resume, own_results_dir, scenario_differences
 from fedattr.launch.processes import FLWR_ENV, RUN_TAG, tagged_pids
-from fedattr.launch.simulation import run_error_cause
+from fedattr.launch.simulation import no_space_path, raise_run_failure, run_error_cause
 from fedattr.report import load_results, summarize, write_report
 from fedattr.results.store import JobRecorder, job_state
 
@@ -375,3 +376,96 @@ def test_sigkill_mid_run_leaves_nothing_and_a_rerun_matches_an_uninterrupted_run
                 proc.communicate(timeout=120)
     assert _values(killed) == _values(reference)
     assert all(job_state(j).status == "finished" for j in killed.glob("jobs/*"))
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+def test_the_launcher_finds_a_full_disk_in_the_flower_log(tmp_path):
+    log = tmp_path / "flwr.log"
+    log.write_text("earlier run: OSError: [Errno 28] No space left on device: '/old'\n")
+    start = log.stat().st_size
+    with open(log, "a") as fh:
+        fh.write("Traceback (most recent call last):\n"
+                 "\x1b[91mOSError: [Errno 28] No space left on device: \"/r/it's/jobs/a__s0/rounds.jsonl\"\x1b[0m\n"
+                 "RuntimeError: 1 of 1 job(s) failed\n")
+    assert no_space_path(log, start) == "/r/it's/jobs/a__s0/rounds.jsonl"
+    with pytest.raises(NoSpaceError, match=r"no space left on /r/it's/jobs/a__s0/rounds.jsonl: the run ended"):
+        raise_run_failure("the run ended", log, start)
+    plain = tmp_path / "plain.log"
+    plain.write_text("ValueError: bad thing\n")
+    with pytest.raises(RunFailedError, match="the run ended: ValueError: bad thing") as exc:
+        raise_run_failure("the run ended", plain, 0)
+    assert not isinstance(exc.value, NoSpaceError)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root only), unmounted afterwards; ``fill()`` fills it, ``free()`` empties the filler."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the ENOSPC tests with a failing writer run everywhere)")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+
+    class Disk:
+        path = mnt
+        filler = mnt / "filler"
+
+        def fill(self) -> None:
+            with open(self.filler, "ab", buffering=0) as fh:
+                for size in (4096, 512, 1):
+                    try:
+                        while True:
+                            fh.write(b"x" * size)
+                    except OSError:
+                        pass
+
+        def free(self) -> None:
+            self.filler.unlink()
+
+    try:
+        yield Disk()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_disk_at_the_lock_is_one_clear_error(small_disk):
+    results = small_disk.path / "r"
+    small_disk.fill()
+    with pytest.raises(NoSpaceError, match=f"no space left on {results / LOCK_NAME}"):
+        with own_results_dir(results, watch=False):
+            pass
+    small_disk.free()
+    with own_results_dir(results, watch=False) as tag:
+        assert json.loads((results / LOCK_NAME).read_text())["tag"] == tag
+
+
+def test_report_on_a_full_disk_exits_1_then_completes_once_space_is_freed(small_disk):
+    root = shutil.copytree(SMALL / "run", small_disk.path / "run")
+    small_disk.fill()
+    proc = subprocess.run([sys.executable, "-m", "fedattr.cli.app", "report", str(root)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "no space left on " + str(root) in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    assert not list(root.rglob("*.tmp")) and not list(root.rglob(".*.tmp"))
+    assert [p for p in root.rglob("*") if p.is_file() and p.stat().st_size == 0] == []
+    small_disk.free()
+    again = subprocess.run([sys.executable, "-m", "fedattr.cli.app", "report", str(root)], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (root / "report.md").stat().st_size > 0 and (root / "report.html").stat().st_size > 0
+
+
+def test_run_into_a_full_disk_exits_1_before_flower_starts(small_disk, tmp_path):
+    small_disk.fill()
+    out = small_disk.path / "run"
+    env = dict(os.environ, FEDATTR_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "fedattr.cli.app", "run", str(ROOT / "scenarios" / "demo.toml"),
+                           "--out", str(out), "--set", "rounds=1", "--set", "seeds=[0]"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "no space left on " + str(out) in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    assert not (out / "logs").exists()  # Flower never started

@@ -141,7 +141,7 @@ def _execute(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, fed_
 
 
 #: what the OS says when a write finds its file system full (ENOSPC), with the path when it names one
-_NO_SPACE = re.compile(r"No space left on device(?::\s*'([^']+)')?")
+_NO_SPACE = re.compile(r"""No space left on device(?::\s*(?:'([^']+)'|"([^"]+)"))?""")
 #: what fedattr's own NoSpaceError says (``no space left on PATH``)
 _NO_SPACE_ON = re.compile(r"no space left on (/\S+?)[:;,]?(?:\s|$)")
 
@@ -159,7 +159,7 @@ def no_space_path(log_path: Path, start: int = 0) -> str | None:
     for line in text.splitlines():
         m = _NO_SPACE_ON.search(line) or _NO_SPACE.search(line)
         if m:
-            found = m.group(1) or found or "device"
+            found = next((g for g in m.groups() if g), None) or found or "device"
     return found
 
 

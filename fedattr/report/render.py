@@ -40,14 +40,14 @@ def figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.0
 
 
 def save(fig: Figure, path: Path) -> Path:
-    """Write a figure as PNG atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write a figure as PNG atomically (the package's one atomic write: a full disk names ``path``)."""
+    import io
+
+    from fedattr.core.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
