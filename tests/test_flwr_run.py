@@ -132,6 +132,11 @@ def _flwr_ls(env: dict, conn: str) -> list[dict]:
     return json.loads(ls.stdout[ls.stdout.index("{"):])["runs"]
 
 
+def _flwr_log(env: dict, conn: str, run_id) -> str:
+    return subprocess.run([FLWR, "log", str(run_id), conn, "--show"], env=env, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
 @pytest.mark.slow
 def test_flwr_run_dot_with_flat_keys_writes_results(tmp_path):
     from fedattr.launch.simulation import simulation_superlink
@@ -144,8 +149,9 @@ def test_flwr_run_dot_with_flat_keys_writes_results(tmp_path):
              "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"],
             env=env, capture_output=True, text=True, timeout=400)
         runs = _flwr_ls(env, conn)
+        log = _flwr_log(env, conn, runs[0]["run-id"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert [r["status"] for r in runs] == ["finished:completed"]
+    assert [r["status"] for r in runs] == ["finished:completed"], log[-4000:]
     rounds = read_jsonl(out / "jobs" / "honest__s0" / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1]
     assert set(rounds[0]["values"]) == {"individual", "loo"}
@@ -165,9 +171,8 @@ def test_flwr_run_dot_with_too_few_supernodes_fails_fast_and_flower_says_failed(
                                "--stream"], env=env, capture_output=True, text=True, timeout=400)
         wall = time.monotonic() - t0
         runs = _flwr_ls(env, conn)
-        log = subprocess.run([FLWR, "log", str(runs[0]["run-id"]), conn, "--show"], env=env,
-                             capture_output=True, text=True, timeout=120)
-    text = proc.stdout + proc.stderr + log.stdout
+        log = _flwr_log(env, conn, runs[0]["run-id"])
+    text = proc.stdout + proc.stderr + log
     assert [r["status"] for r in runs] == ["finished:failed"]
     assert '--federation-config "num-supernodes=3"' in text
     assert not out.exists()  # nothing written for a run that could not start
