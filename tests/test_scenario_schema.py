@@ -71,6 +71,7 @@ def test_paper_like_scenarios_use_the_right_models():
     assert models["svhn_vgg"] == "vgg11"
     assert models["cifar10_wrn"] == "wrn16_4"
 
+
 def test_an_empty_file_gives_every_default(tmp_path):
     sc = load_scenario(write(tmp_path, ""))
     assert sc == Scenario()
@@ -146,25 +147,20 @@ def test_several_errors_are_listed_together(tmp_path):
     assert any(l.strip().startswith("- num_clients = 1") for l in lines)
 
 
-def test_toml_syntax_error_names_the_line(tmp_path):
-    path = write(tmp_path, 'name = "x"\n[partition\nalpha = 1\n')
-    with pytest.raises(ScenarioError, match=r"TOML syntax error.*line 2"):
-        load_scenario(path)
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(ScenarioError, match="scenario file not found: .*nope.toml"):
-        load_scenario(tmp_path / "nope.toml")
-
-
-def test_a_directory_is_not_a_scenario(tmp_path):
-    with pytest.raises(ScenarioError, match="not a file"):
-        load_scenario(tmp_path)
-
-
 def test_scenario_from_dict_rejects_a_non_table():
     with pytest.raises(ScenarioError, match="expected a table"):
         scenario_from_dict([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["../esc", "a/b", "it's", "\u00fc", ".hidden", "..", "a b", "x" * 101])
+def test_a_scenario_name_is_a_safe_slug(name):
+    with pytest.raises(ScenarioError, match=r"- name = "):
+        scenario_from_dict({"name": name})
+
+
+@pytest.mark.parametrize("name", ["demo", "claim-v1.2", "A_b-3", "9lives"])
+def test_safe_names_are_kept(name):
+    assert scenario_from_dict({"name": name}).name == name
 
 
 # --------------------------------------------------------------------------- JSON schema, descriptions

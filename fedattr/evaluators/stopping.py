@@ -62,16 +62,16 @@ class EstimatorState:
     n_permutations: int = 0
 
 
-def _arg(name: str, value, low: float, *, integer: bool = False, strict: bool = False):
+def _arg(name: str, value, low: float, *, integer: bool = False):
     """``value`` as an int or float, or a ValueError naming ``name`` and the allowed range."""
     kind = "an integer" if integer else "a number"
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok and integer:
         ok = float(value).is_integer()
     if ok:
-        ok = value > low if strict else value >= low  # False for NaN
+        ok = value >= low  # False for NaN
     if not ok:
-        raise ValueError(f"{name} must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+        raise ValueError(f"{name} must be {kind} >= {low:g}, got {value!r}")
     return int(value) if integer else float(value)
 
 
