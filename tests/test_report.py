@@ -567,3 +567,22 @@ def test_merge_results_pairs_the_arms_of_several_directories(run_dir, tmp_path):
     (honest / "scenario.json").write_text(json.dumps(sc))
     with pytest.raises(UserError, match="not comparable.*rounds"):
         merge_results([load_results(attack), load_results(honest)])
+
+
+def test_capped_weights_missing_partitions_and_claimed_identities_are_reported(run_dir):
+    path = run_dir / "jobs" / "attack__s0" / "rounds.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for rec in recs:
+        rec["claimed_num_examples"] = dict(rec["num_examples"], **{"0": 1e12})
+        rec["num_examples"]["0"] = 600
+    recs[1].update(missing=1, missing_partitions=[3], rejected=[
+        {"partition_id": 2, "node_id": 5, "claimed_partition_id": 1, "reason": "claims another node's partition"}])
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    md = write_report(run_dir).read_text()
+    assert table_rows(md, "Claimed and used weights") == [["attack", "0", "0", "1, 2, 3", "1e+12", "600"]]
+    assert table_rows(md, "Failures") == [
+        ["attack", "0", "finished", "2", "2", "claims another node's partition (the reply claimed partition 1)"],
+        ["attack", "0", "finished", "3", "2", "sent no reply"]]
+    capped = strict_json(run_dir / "stats.json")["capped_weights"]
+    assert capped == [{"arm": "attack", "seed": 0, "partition_id": "0", "rounds": [1, 2, 3],
+                       "claimed": 1e12, "used": 600.0}]

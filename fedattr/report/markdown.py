@@ -177,6 +177,12 @@ def scenario_markdown(res: ScenarioResults, summary: ScenarioSummary, plots: Seq
     headers, rows = failure_rows(summary)
     md += md_table(headers, rows) if rows else ["None: every client replied validly in every round.", ""]
 
+    md += ["## Claimed and used weights", "", "A reply's example count is a claim: the server's weight policy caps "
+           "it before aggregation and scoring. Clients whose claim was capped, per job:", ""]
+    md += md_table(["arm", "seed", "client", "rounds", "largest claim", "largest weight used"],
+                   [[c.arm, c.seed, c.partition_id, ", ".join(map(str, c.rounds)), f"{c.claimed:.6g}", f"{c.used:.6g}"]
+                    for c in summary.capped_weights]) if summary.capped_weights else \
+        ["None: every weight used is the count its client claimed.", ""]
     md += ["## Final test accuracy", "",
            f"Δ: the arm's final accuracy minus the honest arm's (`{res.honest_arm}`), same seed (t interval).", ""]
     md += md_table(["arm", "attack", "final accuracy", "Δ vs honest", "seeds"],

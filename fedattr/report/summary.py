@@ -29,7 +29,7 @@ from fedattr.report.reader import ScenarioResults, is_sweep, load_results, pid_k
 from fedattr.report.stats import MeanCI, PairedStats, bounded_ci, fmt_ci, fmt_num, kendall_between, mean_ci, paired_stats
 from fedattr.scenario import HONEST_ATTACK
 
-__all__ = ["AttackerStats", "JobCounts", "UnfinishedJob", "Failure", "ScenarioSummary", "PointSummary",
+__all__ = ["AttackerStats", "CappedWeight", "JobCounts", "UnfinishedJob", "Failure", "ScenarioSummary", "PointSummary",
            "SweepSummary", "summarize", "scenario_summary", "summary_rows", "failure_rows", "client_rows",
            "unfinished_rows", "plain", "paired_values", "kendall_values", "reached_label"]
 
@@ -94,6 +94,19 @@ class Failure:
     rounds: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CappedWeight:
+    """A client whose claimed example count the weight policy capped, in one job: the rounds it
+    happened in, the largest claim and the largest weight used."""
+
+    arm: str
+    seed: int
+    partition_id: str
+    rounds: list[int]
+    claimed: float
+    used: float
+
+
 @dataclass
 class ScenarioSummary:
     """Every reported number of one scenario directory (see the module docstring)."""
@@ -118,6 +131,7 @@ class ScenarioSummary:
     attacker: dict[str, dict[str, dict[str, AttackerStats]]]
     kendall_tau: dict[str, dict[str, MeanCI]]
     claim: list[ClaimRow]
+    capped_weights: list[CappedWeight] = field(default_factory=list)
     kind: Literal["scenario"] = "scenario"
 
     @property
@@ -203,9 +217,15 @@ def _failures(res: ScenarioResults) -> list[Failure]:
     for job in jobs:
         events: list[tuple[int | None, int | None, int | None, str]] = []
         for rec in job.rounds:
-            events += [(rec.round, rej.partition_id, rej.node_id, rej.reason) for rej in rec.rejected]
-            if rec.missing:
-                events.append((rec.round, None, None, f"{rec.missing} node(s) sent no reply"))
+            for rej in rec.rejected:
+                claimed = rej.claimed_partition_id
+                note = f" (the reply claimed partition {claimed})" if claimed is not None and claimed != rej.partition_id \
+                    else ""
+                events.append((rec.round, rej.partition_id, rej.node_id, rej.reason + note))
+            known = list(rec.missing_partitions)
+            events += [(rec.round, pid, None, "sent no reply") for pid in known]
+            if rec.missing > len(known):
+                events.append((rec.round, None, None, f"{rec.missing - len(known)} node(s) sent no reply"))
         if job.status == "failed":
             reason = job.summary.failure_reason if job.summary is not None else None
             events.append((None, None, None, "job failed: " + (reason or "no reason recorded")))
@@ -215,6 +235,23 @@ def _failures(res: ScenarioResults) -> list[Failure]:
             if rnd is not None:
                 entry.rounds.append(rnd)
     return list(grouped.values())
+
+
+def _capped_weights(res: ScenarioResults) -> list[CappedWeight]:
+    """Every (job, client) whose used aggregation weight is below the count it claimed."""
+    out = []
+    for arm, seed in sorted(res.jobs):
+        job = res.jobs[(arm, seed)]
+        capped: dict[str, list[tuple[int, float, float]]] = {}
+        for rec in job.rounds:
+            claims = rec.claimed_num_examples
+            for pid, claimed in claims.items():
+                used = rec.num_examples.get(pid)
+                if used is not None and claimed is not None and used < claimed:
+                    capped.setdefault(str(pid), []).append((rec.round, float(claimed), float(used)))
+        out += [CappedWeight(arm, seed, pid, [r for r, _, _ in rows], max(c for _, c, _ in rows),
+                             max(u for _, _, u in rows)) for pid, rows in sorted(capped.items(), key=lambda kv: pid_key(kv[0]))]
+    return out
 
 
 def scenario_summary(res: ScenarioResults) -> ScenarioSummary:
@@ -251,7 +288,7 @@ def scenario_summary(res: ScenarioResults) -> ScenarioSummary:
         final_accuracy={arm: bounded_ci(j.final_accuracy() for j in res.runs(arm)) for arm in res.arms},
         accuracy_delta={arm: paired_stats(v for _, v in paired_values(res, arm, lambda j: j.final_accuracy()))
                         for arm in res.arms},
-        attacker=attacker, kendall_tau=taus, claim=claim_table(res))
+        attacker=attacker, kendall_tau=taus, claim=claim_table(res), capped_weights=_capped_weights(res))
 
 
 def summarize(results_dir: str | Path) -> ScenarioSummary | SweepSummary:
