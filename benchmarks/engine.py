@@ -92,7 +92,7 @@ def compare_engines(name, model, x, y, n_clients, chunks, peak_fn, seed=0):
         u = utils[e]
         gflops = per_model * u.n_models_ / u.seconds_ / 1e9
         rows.append({
-            "model": name, "engine": u.strategy_, "models": u.n_models_, "seconds": u.seconds_,
+            "model": name, "engine": u.engine_.name, "models": u.n_models_, "seconds": u.seconds_,
             "models_per_s": u.n_models_ / u.seconds_, "gflops": gflops,
             "max_abs_diff": float(np.abs(np.concatenate(values[e]) - ref).max()),
             "n_val": u.n_val_, "params": u.layout.size, "gflop_per_model": per_model / 1e9,

@@ -230,7 +230,7 @@ def engine_speed(model, x_val, y_val, base, updates, weights, n, flops_per_model
         "naive_s": t_naive,
         "speedup": t_naive / t_fast,
         "max_abs_diff": float(np.abs(vf - vn).max()),
-        "strategy": fast.strategy_,
+        "strategy": fast.engine_.name,
         "gflops": rate,
         "naive_gflops": flops_per_model * len(masks) / t_naive / 1e9,
         "pct_of_matmul": 100 * rate / peak,
@@ -330,14 +330,14 @@ def main(argv=None):
         "flops_per_model_eval": flops,
         "matmul_gflops": peak,
         "global_accuracy": float(util(base[None])[0]),
-        "engine": util.strategy_,
+        "engine": util.engine_.name,
         "channels_last": util.channels_last_,
     }
     print(f"# fedattr evaluator benchmark  torch {env['torch']}, {env['threads']} threads, "
           f"{env['cpu_count']} CPUs; CNN {layout.size} params; {util.n_val_} MNIST validation images; "
           f"w_t accuracy {env['global_accuracy']:.3f}")
     print(f"# one model evaluation = {flops / 1e9:.2f} GFLOP; float32 matmul peak {peak:.0f} GFLOP/s; "
-          f"engine '{util.strategy_}' (channels_last={util.channels_last_})\n")
+          f"engine '{util.engine_.name}' (channels_last={util.channels_last_})\n")
 
     results = {"env": env, "sizes": {}, "args": vars(args)}
     for n in sizes:

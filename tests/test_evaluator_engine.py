@@ -232,7 +232,7 @@ def test_utility_input_validation(setup):
     util = ModelUtility(model, x_val, y_val)
     with pytest.raises(ValueError, match="shape"):
         util(torch.zeros(2, 5))
-    assert util.score_state_dict(global_state) == pytest.approx(
+    assert float(util(util.layout.flatten(global_state))[0]) == pytest.approx(
         manual_utility(model, global_state, x_val, y_val, "accuracy"), abs=1e-12)
 
 

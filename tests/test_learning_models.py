@@ -99,8 +99,8 @@ def test_auto_engine_gives_the_naive_values_on_a_round_game(name, side):
     auto, shap_a, loo_a, v_a = _round_game_values(model, clients, weights, x_val, y_val, "auto")
     naive, shap_n, loo_n, v_n = _round_game_values(model, clients, weights, x_val, y_val, "naive")
     # Sequential networks are stacked; ResNet-8's residual blocks are not a plain sequence.
-    assert auto.strategy_ == ("loop" if name == "resnet8" else "stacked"), auto.stack_reason_
-    assert naive.strategy_ == "naive"
+    assert auto.engine_.name == ("loop" if name == "resnet8" else "stacked"), auto.engine_reason_
+    assert naive.engine_.name == "naive"
     assert np.ptp(v_n) > 1e-3  # the coalitions differ, so the comparison means something
     np.testing.assert_allclose(v_a, v_n, rtol=0, atol=1e-4)
     np.testing.assert_allclose(shap_a, shap_n, rtol=0, atol=1e-4)

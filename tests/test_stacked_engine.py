@@ -77,7 +77,7 @@ def test_stacked_engine_equals_naive_on_every_metric(case):
     # every remainder path runs.
     stacked = ModelUtility(model, x, y, engine="stacked", stack_size=4, batch_size=10, sub_batch=3)
     naive = ModelUtility(model, x, y, engine="naive")
-    assert stacked.strategy_ == "stacked" and stacked.max_coalitions_per_call_ == 4
+    assert stacked.engine_.name == "stacked" and stacked.max_coalitions_per_call_ == 4
     got, ref = stacked.evaluate_all(flats), naive.evaluate_all(flats)
     for metric in ref:
         np.testing.assert_allclose(got[metric], ref[metric], rtol=0, atol=1e-5, err_msg=metric)
@@ -94,7 +94,7 @@ def test_auto_stacks_the_model_zoo_cnn_on_cpu():
     torch.manual_seed(0)
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     util = ModelUtility(SmallCNN(), x, y)
-    assert util.strategy_ == "stacked" and util.stack_reason_ == ""
+    assert util.engine_.name == "stacked" and util.engine_reason_ == ""
 
 
 @pytest.mark.parametrize("make,shape", [(FunctionalNet, (20,)), (lambda: resnet18(num_classes=4), (3, 8, 8))])
@@ -103,9 +103,10 @@ def test_auto_falls_back_to_loop_when_the_forward_is_not_a_sequence(make, shape)
     model = make().eval()
     x, y = torch.rand(6, *shape), torch.randint(0, 4, (6,))
     util = ModelUtility(model, x, y)
-    assert util.strategy_ == "loop" and util.stack_reason_
-    with pytest.raises(ValueError, match="engine='stacked' cannot evaluate"):
-        ModelUtility(model, x, y, engine="stacked")
+    assert util.engine_.name == "loop" and util.engine_reason_.startswith("stacked: ")
+    # asked for by name, the stacked engine is passed over the same way, and says why
+    named = ModelUtility(model, x, y, engine="stacked")
+    assert named.engine_.name == "loop" and named.engine_reason_ == util.engine_reason_
     # the fallback still evaluates correctly
     layout, flats = _perturbed(model, 3)
     np.testing.assert_allclose(util(flats), ModelUtility(model, x, y, engine="naive")(flats), atol=1e-6)
@@ -138,7 +139,7 @@ def test_auto_leaves_large_networks_to_the_loop():
     torch.manual_seed(0)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
     util = ModelUtility(VGG11(width=0.25), x, y)  # ~20 MFLOP per example
-    assert util.strategy_ == "stacked"
+    assert util.engine_.name == "stacked"
     util = ModelUtility(VGG11(width=0.25), x, y, stack_max_flops=1e6)
-    assert util.strategy_ == "loop" and "MFLOP per example" in util.stack_reason_
-    assert ModelUtility(VGG11(width=0.25), x, y, engine="stacked", stack_max_flops=1e6).strategy_ == "stacked"
+    assert util.engine_.name == "loop" and "MFLOP per example" in util.engine_reason_
+    assert ModelUtility(VGG11(width=0.25), x, y, engine="stacked", stack_max_flops=1e6).engine_.name == "stacked"

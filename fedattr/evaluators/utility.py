@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
-from typing import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
+from fedattr.core.registry import did_you_mean
+
+from .engines import (
+    ENGINE_CLASSES,
+    LoopEngine,
+    NaiveEngine,
+    StackedEngine,
+    ValidationData,
+    VmapEngine,
+    probe_parameter_sets,
+    verify_engine,
+)
 from .layout import StateLayout
-from .stacked import StackedNet
 
 __all__ = ["METRICS", "ENGINES", "ModelUtility"]
 
+_log = logging.getLogger(__name__)
+
 METRICS = ("accuracy", "neg_ce", "balanced_accuracy")
 ENGINES = ("auto", "batched", "stacked", "loop", "vmap", "naive")
-
-
-def _channels_last_hook(module, inputs, output):
-    # PyTorch's CPU max-pool/ReLU kernels are several times faster on channels_last tensors
-    # than on NCHW ones, and a conv with one input channel never picks channels_last by
-    # itself; the layout changes strides only, never values' meaning.
-    if isinstance(output, torch.Tensor) and output.dim() == 4:
-        return output.contiguous(memory_format=torch.channels_last)
-    return output
 
 
 class ModelUtility:
@@ -54,16 +57,18 @@ class ModelUtility:
     subset_seed : int
         Seed of that subset.
     engine : {"auto", "batched", "stacked", "loop", "vmap", "naive"}
-        ``naive``: per parameter set, ``load_state_dict`` into a model copy and one forward over
-        the whole validation set (the reference). ``loop``: ``torch.func.functional_call`` on
-        views of the flat vector, no state-dict copies, validation data in batches of
-        ``batch_size``. ``vmap``: ``functional_call`` vectorised with ``torch.func.vmap`` over
-        chunks of parameter sets. ``stacked``: up to ``stack_size`` parameter sets run as one
-        wider network (:class:`StackedNet`: one matrix product for the first layer, grouped
-        convolutions, batched matrix products), for networks that are a plain sequence of
-        layers. ``auto``/``batched``: ``vmap`` on CUDA; on CPU ``stacked`` when the network can
-        be stacked, is small (``stack_max_flops``) and the stacked forward matches its own on a
-        probe, ``loop`` otherwise (``stack_reason_`` says why).
+        How parameter sets are run (:mod:`fedattr.evaluators.engines`). ``naive``: per
+        parameter set, ``load_state_dict`` into a model copy and one forward over the whole
+        validation set (the reference). ``loop``: ``torch.func.functional_call`` on views of the
+        flat vector, validation data in batches of ``batch_size``. ``vmap``: ``functional_call``
+        vectorised with ``torch.func.vmap`` over chunks of parameter sets. ``stacked``: up to
+        ``stack_size`` parameter sets run as one wider network (:class:`StackedNet`), for
+        networks that are a plain sequence of layers. ``auto``/``batched``: ``vmap`` on CUDA;
+        on CPU ``stacked`` for small networks (``stack_max_flops``). The engine is verified on
+        the model when the utility is built: its logits on a probe (two parameter sets, up to
+        four validation examples) must equal the naive engine's; an engine that cannot take
+        the model, fails on it or differs is passed over for ``loop``, then ``naive``
+        (``engine_reason_`` says why).
     device : str or torch.device
         Where models run; validation data is moved there once.
     batch_size : int, optional
@@ -83,8 +88,10 @@ class ModelUtility:
         Bound on the memory of one chunk of parameter sets (and, for ``vmap``, their
         activations); longer batches of parameter sets are processed chunk by chunk.
     channels_last : {"auto", True, False}
-        Make convolution outputs channels_last in the ``loop`` engine; ``auto`` does it on CPU
-        for models containing ``nn.Conv2d``.
+        Make convolution outputs channels_last in the ``loop`` engine's own model copy;
+        ``auto`` does it on CPU for models containing ``nn.Conv2d``. Used only when the
+        model's forward gives the same logits with it (a ``view`` after a convolution does not
+        accept it); ``model`` and ``model_`` keep their layout.
     num_threads : int, optional
         torch intra-op threads while evaluating (restored afterwards); None leaves torch's
         setting. When other processes share the cores, 1 thread can be several times faster
@@ -94,8 +101,12 @@ class ModelUtility:
     ----------
     layout : StateLayout
         Flat-vector layout of the model's floating-point state.
-    strategy_ : str
-        The engine actually used: ``"loop"``, ``"vmap"`` or ``"naive"``.
+    engine_ : Engine
+        The engine used (``engine_.name``: ``"stacked"``, ``"loop"``, ``"vmap"`` or ``"naive"``).
+    engine_reason_ : str
+        Why engines before it were passed over (``""`` when the first choice was used).
+    channels_last_ : bool
+        Whether the loop engine makes convolution outputs channels_last.
     n_val_ : int
         Number of validation examples used.
     num_classes_ : int
@@ -129,7 +140,7 @@ class ModelUtility:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
         if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+            raise ValueError(f"unknown engine {engine!r}{did_you_mean(engine, ENGINES)}; valid: {', '.join(ENGINES)}")
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if stack_size < 1 or sub_batch < 1:
@@ -151,14 +162,6 @@ class ModelUtility:
         self.layout = StateLayout.from_module(model)
         self._template_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._model = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
-        self._naive_model: nn.Module | None = None
-
-        if engine in ("auto", "batched"):
-            self.strategy_ = "vmap" if self.device.type == "cuda" else "stacked"
-        else:
-            self.strategy_ = engine
-        self.stack_reason_ = ""
-        self._stacked_net: StackedNet | None = None
 
         self._setup_data(x_val, y_val)
         self._input_dtype = next(
@@ -167,33 +170,14 @@ class ModelUtility:
         self._x = self._x.to(self._input_dtype) if torch.is_floating_point(self._x) else self._x
 
         act_bytes = self._probe()
-        if self.strategy_ == "stacked":
-            self._setup_stacked(required=engine == "stacked")
-        self._batch = int(batch_size if batch_size is not None else (50 if self.strategy_ == "stacked" else 250))
-        use_cl = (channels_last is True) or (
-            channels_last == "auto"
-            and self.device.type == "cpu"
-            and any(isinstance(m, nn.Conv2d) for m in self._model.modules())
-        )
-        self.channels_last_ = bool(use_cl and self.strategy_ == "loop")
-        self._hook_ids: set[int] = set()
-        if self.channels_last_:
-            for m in self._model.modules():
-                if isinstance(m, nn.Conv2d):
-                    self._hook_ids.add(m.register_forward_hook(_channels_last_hook).id)
+        self.engine_, self.engine_reason_ = self._choose_engine()
+        self.channels_last_ = bool(getattr(self.engine_, "channels_last", False))
+        self._batch = self.engine_.batch
 
         item = torch.empty(0, dtype=self.layout.dtype).element_size()
-        per_model = max(1, self.layout.size * item)
-        if self.strategy_ == "vmap":
-            # Activations of every model in the chunk are alive together; 2x covers the
-            # temporaries of the widest layer.
-            per_model += 2 * act_bytes * min(self._batch, self.n_val_)
-        elif self.strategy_ == "stacked":
-            # The chunk's flat vectors, their stacked-layout copy and the activations of its models
-            # on one validation batch.
-            per_model = 2 * per_model + 2 * act_bytes * min(self._batch, self.n_val_)
+        per_model = self.engine_.bytes_per_model(max(1, self.layout.size * item), act_bytes)
         self.max_coalitions_per_call_ = max(1, self.max_memory_bytes // per_model)
-        if self.strategy_ == "stacked":
+        if self.engine_.name == "stacked":
             self.max_coalitions_per_call_ = min(self.max_coalitions_per_call_, self.stack_size)
 
         self.n_calls_ = 0
@@ -247,48 +231,74 @@ class ModelUtility:
         self._onehot = F.one_hot(self._y, inferred).to(torch.float32)
         return max(1, sum(sizes) // k)
 
-    def _setup_stacked(self, required: bool) -> None:
-        """Use the stacked engine if the network can be stacked and, on a probe of two parameter
-        sets, gives the network's own logits; otherwise fall back to ``loop`` (or, when the
-        engine was asked for by name, raise)."""
-        net, reason = None, ""
-        try:
-            net = StackedNet(self._model, sub_batch=self.sub_batch)
-        except ValueError as err:
-            reason = str(err)
-        if net is not None and not required:
-            from torch.utils.flop_counter import FlopCounterMode
+    def _candidates(self) -> list[str]:
+        """Engines to try, in order: the requested one (``auto``: ``vmap`` on CUDA, ``stacked``
+        on CPU), then ``loop``, then the ``naive`` reference."""
+        first = self.engine
+        if first in ("auto", "batched"):
+            first = "vmap" if self.device.type == "cuda" else "stacked"
+        return list(dict.fromkeys([first, "loop", "naive"]))
 
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                self._model(self._x[:1])
-            flops = counter.get_total_flops()
-            if flops > self.stack_max_flops:
-                net, reason = None, (f"{flops / 1e6:.0f} MFLOP per example, above stack_max_flops "
-                                     f"({self.stack_max_flops / 1e6:.0f} M): the loop is as fast")
-        if net is not None:
-            flat = self.layout.flatten(self._template_state).to(self.device)
-            gen = torch.Generator().manual_seed(0)
-            noise = torch.randn(flat.shape, generator=gen, dtype=flat.dtype).to(self.device)
-            flats = torch.stack([flat, flat + 0.01 * noise * flat.abs().mean()])
-            names = [e.name for e in self.layout.entries if e.name.endswith("running_var")]
-            for e in (self.layout[n] for n in names):  # keep perturbed variances valid
-                flats[1, e.offset:e.offset + e.numel] = flats[0, e.offset:e.offset + e.numel]
-            x = self._x[: min(4, self.n_val_)]
-            with torch.no_grad():
+    def _build(self, name: str, data: ValidationData, channels_last: bool = False):
+        """Engine ``name`` on this utility's model copy and data; ``ValueError`` if it cannot
+        take the model (a network that cannot be stacked)."""
+        cls = ENGINE_CLASSES[name]
+        batch = int(self.batch_size if self.batch_size is not None else cls.default_batch)
+        if name == "naive":
+            return NaiveEngine(self._model, self.layout, data, batch, self._template_state)
+        if name == "loop":
+            return LoopEngine(self._model, self.layout, data, batch, channels_last=channels_last)
+        if name == "stacked":
+            return StackedEngine(self._model, self.layout, data, batch, sub_batch=self.sub_batch)
+        return VmapEngine(self._model, self.layout, data, batch)
+
+    def _too_large_to_stack(self) -> str:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self._model(self._x[:1])
+        flops = counter.get_total_flops()
+        if flops > self.stack_max_flops:
+            return (f"{flops / 1e6:.0f} MFLOP per example, above stack_max_flops "
+                    f"({self.stack_max_flops / 1e6:.0f} M): the loop is as fast")
+        return ""
+
+    def _choose_engine(self):
+        """The first candidate engine that takes the model and gives the naive engine's logits on
+        a probe (two parameter sets, up to four validation examples), and why the ones before it
+        were passed over (``""`` when the first was used)."""
+        data = ValidationData(self._x, self._y, self._onehot)
+        reference = self._build("naive", data)
+        if self.engine == "naive":
+            return reference, ""
+        flats = probe_parameter_sets(self.layout, self._template_state, self.device)
+        x = self._x[: min(4, self.n_val_)]
+        use_cl = (self.channels_last is True) or (
+            self.channels_last == "auto"
+            and self.device.type == "cpu"
+            and any(isinstance(m, nn.Conv2d) for m in self._model.modules())
+        )
+        reasons: list[str] = []
+        for name in self._candidates():
+            if name == "naive":
+                break
+            layouts = [True, False] if name == "loop" and use_cl else [False]
+            for cl in layouts:
                 try:
-                    got = net.forward(net.prepare(self.layout.unflatten_batch(flats)), x)
-                except RuntimeError:  # shapes that do not chain, e.g. a residual block's projection
-                    got = None
-                ref = torch.stack([functional_call(self._model, self.layout.unflatten(f), (x,)) for f in flats])
-            tol = 1e-4 * max(1.0, float(ref.abs().max()))
-            if got is not None and got.shape == ref.shape and float((got - ref).abs().max()) <= tol:
-                self._stacked_net = net
-                return
-            reason = "its stacked forward differs from its own forward (not a plain sequence of layers)"
-        if required:
-            raise ValueError(f"engine='stacked' cannot evaluate {type(self._model).__name__}: {reason}")
-        self.stack_reason_ = reason
-        self.strategy_ = "loop"
+                    engine = self._build(name, data, channels_last=cl)
+                except ValueError as err:
+                    why = str(err)
+                else:
+                    # Stacking pays for small networks only, unless asked for by name.
+                    why = self._too_large_to_stack() if name == "stacked" and self.engine != "stacked" else ""
+                    why = why or verify_engine(engine, reference, flats, x)
+                if not why:
+                    return engine, "; ".join(reasons)
+                label = f"{name} (channels-last)" if cl else name
+                reasons.append(f"{label}: {why}")
+        reason = "; ".join(reasons)
+        _log.info("engine naive for %s: %s", type(self._model).__name__, reason)
+        return reference, reason
 
     # evaluation --------------------------------------------------------------------------------
     def __call__(self, params: torch.Tensor) -> np.ndarray:
@@ -324,14 +334,7 @@ class ModelUtility:
             with torch.no_grad():
                 for start in range(0, params.shape[0], step):
                     chunk = params[start:start + step]
-                    if self.strategy_ == "naive":
-                        stats = self._naive(chunk, metrics)
-                    elif self.strategy_ == "vmap":
-                        stats = self._vmap(chunk, metrics)
-                    elif self.strategy_ == "stacked":
-                        stats = self._stacked(chunk, metrics)
-                    else:
-                        stats = self._loop(chunk, metrics)
+                    stats = self.engine_.statistics(chunk, metrics)
                     for m, v in self._finish(stats, metrics).items():
                         out[m][start:start + chunk.shape[0]] = v
         finally:
@@ -343,42 +346,6 @@ class ModelUtility:
         return out
 
     evaluate = __call__
-
-    def score_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> float:
-        """Utility of one model given as a state dict."""
-        return float(self(self.layout.flatten(state_dict))[0])
-
-    def _batches(self, size: int | None = None):
-        size = size or self._batch
-        for s in range(0, self.n_val_, size):
-            e = s + size
-            yield self._x[s:e], self._y[s:e], self._onehot[s:e]
-
-    def _stats(self, logits: torch.Tensor, y: torch.Tensor, onehot: torch.Tensor,
-               metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Summed statistics of ``[K, B, C]`` logits per metric: correct count ``[K, 1]``, CE
-        ``[K, 1]``, per-class correct counts ``[K, C]``; accuracy and balanced accuracy share
-        one argmax."""
-        k, b, c = logits.shape
-        out = {}
-        if "neg_ce" in metrics:
-            ce = F.cross_entropy(logits.reshape(k * b, c).float(), y.repeat(k), reduction="none")
-            out["neg_ce"] = ce.view(k, b).sum(1, dtype=torch.float64)[:, None]
-        if "accuracy" in metrics or "balanced_accuracy" in metrics:
-            correct = logits.argmax(-1) == y[None]
-            if "accuracy" in metrics:
-                out["accuracy"] = correct.sum(1, dtype=torch.float64)[:, None]
-            if "balanced_accuracy" in metrics:
-                out["balanced_accuracy"] = (correct.to(torch.float32) @ onehot).to(torch.float64)
-        return out
-
-    @staticmethod
-    def _add(acc: dict | None, s: dict) -> dict:
-        return s if acc is None else {m: acc[m] + s[m] for m in acc}
-
-    @staticmethod
-    def _cat(rows: list[dict]) -> dict:
-        return {m: torch.cat([r[m] for r in rows]) for m in rows[0]}
 
     def _finish(self, stats: dict[str, torch.Tensor], metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
         out = {}
@@ -393,55 +360,6 @@ class ModelUtility:
                 recall = s[:, present] / self._class_counts.cpu()[present]
                 out[metric] = recall.mean(1).numpy()
         return out
-
-    def _loop(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        rows = []
-        for k in range(flats.shape[0]):
-            params = self.layout.unflatten(flats[k])
-            acc = None
-            for xb, yb, ob in self._batches():
-                acc = self._add(acc, self._stats(functional_call(self._model, params, (xb,))[None], yb, ob, metrics))
-            rows.append(acc)
-        return self._cat(rows)
-
-    def _vmap(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        params = self.layout.unflatten_batch(flats)
-
-        def forward(p, xb):
-            return functional_call(self._model, p, (xb,))
-
-        batched = torch.func.vmap(forward, in_dims=(0, None))
-        acc = None
-        for xb, yb, ob in self._batches():
-            acc = self._add(acc, self._stats(batched(params, xb), yb, ob, metrics))
-        return acc
-
-    def _stacked_batches(self, flats: torch.Tensor):
-        """Logits ``[K, B, C]`` of one chunk of parameter sets through the stacked engine, with the
-        batch's labels and one-hot labels, validation batch by validation batch."""
-        net = self._stacked_net
-        prepared = net.prepare(self.layout.unflatten_batch(flats))
-        for i, (xb, yb, ob) in enumerate(self._batches()):
-            yield net.forward(prepared, xb, key=i), yb, ob
-
-    def _stacked(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        acc = None
-        for logits, yb, ob in self._stacked_batches(flats):
-            acc = self._add(acc, self._stats(logits, yb, ob, metrics))
-        return acc
-
-    def _naive(self, flats: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        if self._naive_model is None:
-            self._naive_model = copy.deepcopy(self._model)
-            # The reference path must not inherit the loop engine's layout hooks.
-            for m in self._naive_model.modules():
-                for hook_id in self._hook_ids:
-                    m._forward_hooks.pop(hook_id, None)
-        rows = []
-        for k in range(flats.shape[0]):
-            self._naive_model.load_state_dict(self.layout.to_state_dict(flats[k], self._template_state))
-            rows.append(self._stats(self._naive_model(self._x)[None], self._y, self._onehot, metrics))
-        return self._cat(rows)
 
     # access for gradient-based evaluators ------------------------------------------------------
     @property
@@ -458,9 +376,9 @@ class ModelUtility:
         """Logits ``[K, n_val_, num_classes_]`` of a ``[K, P]`` batch (or one ``[P]`` vector) of
         parameter sets on the validation examples used, on ``device``.
 
-        Eval-mode forwards through the stacked engine when it is in use (chunks of
-        ``max_coalitions_per_call_``), otherwise one ``functional_call`` on the evaluation copy per
-        parameter set; validation data in batches of ``batch_size``. Not counted in ``n_calls_``,
+        Eval-mode forwards through the engine in use (the stacked one in chunks of
+        ``max_coalitions_per_call_``, the others one ``functional_call`` per parameter set);
+        validation data in batches of ``batch_size``. Not counted in ``n_calls_``,
         ``n_models_`` or ``seconds_``.
         """
         params = torch.as_tensor(params)
@@ -474,14 +392,7 @@ class ModelUtility:
             torch.set_num_threads(int(self.num_threads))
         try:
             with torch.no_grad():
-                if self._stacked_net is not None:
-                    step, rows = self.max_coalitions_per_call_, []
-                    for start in range(0, params.shape[0], step):
-                        chunk = params[start:start + step]
-                        rows.extend(torch.cat([z for z, _, _ in self._stacked_batches(chunk)], 1))
-                else:
-                    rows = [torch.cat([functional_call(self._model, self.layout.unflatten(flat), (xb,))
-                                       for xb, _, _ in self._batches()]) for flat in params]
+                rows = self.engine_.logits(params, self.max_coalitions_per_call_)
         finally:
             if self.num_threads is not None:
                 torch.set_num_threads(threads)
@@ -491,6 +402,6 @@ class ModelUtility:
 
     def __repr__(self) -> str:
         return (
-            f"ModelUtility(metric={self.metric!r}, strategy={self.strategy_!r}, n_val={self.n_val_}, "
+            f"ModelUtility(metric={self.metric!r}, engine={self.engine_.name!r}, n_val={self.n_val_}, "
             f"P={self.layout.size}, device={str(self.device)!r})"
         )
