@@ -333,7 +333,7 @@ def test_summary_is_typed_and_matches_the_tables(run_dir):
     assert st.value.n == 2
     assert list(st.value.values) == [summary_of(run_dir, "attack", s)["cumulative"]["shapley"]["0"] for s in SEEDS]
     assert summary.attacker["honest"]["loo"]["0"].paired_inflation.n == 0
-    json.dumps(summary.as_dict())
+    json.dumps(summary.as_dict(), allow_nan=False)
 
 
 def test_report_is_rewritable_without_rerunning(run_dir):

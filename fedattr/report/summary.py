@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedattr.core.errors import DamagedResultsError, UserError
+from fedattr.core.io import json_safe
 from fedattr.report.claim_stats import ClaimRow, claim_table
 from fedattr.report.reader import ScenarioResults, is_sweep, load_results, pid_key, sweep_meta
 from fedattr.report.stats import MeanCI, PairedStats, bounded_ci, fmt_ci, fmt_num, kendall_between, mean_ci, paired_stats
@@ -144,8 +145,8 @@ class ScenarioSummary:
         return [u for u in self.unfinished if u.arm == arm]
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON (``stats.json``, ``--json``)."""
-        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
+        """Plain JSON-ready data (``stats.json``, ``--json``): nan becomes None."""
+        return json_safe({f.name: plain(getattr(self, f.name)) for f in fields(self)})
 
 
 @dataclass
@@ -180,8 +181,8 @@ class SweepSummary:
         return any(p.summary.in_progress for p in self.points if p.summary)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}
+        """Plain JSON-ready data: nan becomes None."""
+        return json_safe({f.name: plain(getattr(self, f.name)) for f in fields(self)})
 
 
 def paired_values(res: ScenarioResults, arm: str, get: Any) -> list[tuple[int, float]]:
