@@ -262,3 +262,29 @@ def test_bad_input_is_one_clear_error_before_round_one():
     with pytest.raises(ValueError, match="does not match initial_arrays: '0.weight' has shape"):
         strategy.start(grid=grid, initial_arrays=ArrayRecord(other.state_dict()), num_rounds=1)
     assert grid.calls == 0  # nothing was sent
+
+
+def test_the_superlinks_error_reply_for_a_dead_node_is_tied_to_that_nodes_partition():
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    w, states = _states(3)
+    strategy = _strategy(3, num_partitions=3, round_timeout_s=1, min_clients=2)
+    grid = FakeGrid([100, 200, 300])
+
+    def send(sent_messages):
+        for m in sent_messages:  # what Flower's Grid does when it pushes a message
+            m.metadata.__dict__["_message_id"] = m.object_id
+        return sent_messages
+
+    messages = send(list(strategy.configure_train(1, ArrayRecord(w), ConfigRecord(), grid)))
+    strategy.aggregate_train(1, [_reply(states[m.metadata.dst_node_id // 100 - 1], 10, m.metadata.dst_node_id,
+                                        m.metadata.dst_node_id // 100 - 1) for m in messages])
+    messages = send(list(strategy.configure_train(2, ArrayRecord(w), ConfigRecord(), grid)))
+    to_300 = next(m for m in messages if m.metadata.dst_node_id == 300)
+    dead = create_message_error_unavailable_res_message(to_300.metadata, "node_unavail")
+    assert dead.metadata.src_node_id != 300  # the SuperLink answers, not the node
+    strategy.aggregate_train(2, [_reply(states[0], 10, 100), _reply(states[1], 10, 200), dead])
+    r2 = strategy.rounds_[1]
+    assert r2.clients == [0, 1] and r2.missing_partitions == [] and r2.missing == 0
+    (rej,) = r2.rejected
+    assert (rej.node_id, rej.partition_id) == (300, 2) and "Node Unavailable" in rej.reason

@@ -44,7 +44,7 @@ from fedattr.protocol import RoundRecord
 from fedattr.strategies.detect import DetectorStep
 from fedattr.strategies.identity import IdentityBinder
 from fedattr.strategies.scoring import AttributionTotals, RoundScorer
-from fedattr.strategies.screen import screen_replies
+from fedattr.strategies.screen import screen_replies, sender
 from fedattr.strategies.weights import DEFAULT_MAX_RATIO, WeightPolicy
 
 #: What a record holds when the caller gives no ``job_info``.
@@ -179,7 +179,7 @@ class AttributedStrategy(Strategy):
         self.missing_total = 0
         self.failure: RoundFailure | None = None
         self._global: ArrayRecord | None = None
-        self._sent_to: list[int] = []
+        self._sent: list[Message] = []
         self._round_start = time.perf_counter()
         self._recorder = None
         self._evaluated: tuple[ArrayRecord, dict[str, float]] | None = None
@@ -187,11 +187,6 @@ class AttributedStrategy(Strategy):
     @property
     def weighted_by_key(self) -> str:
         return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
-
-    @property
-    def short_rounds(self) -> list[int]:
-        """The round that stopped the job for lack of clients (empty while it runs)."""
-        return [] if self.failure is None else [self.failure.record.round]
 
     def summary(self) -> None:
         """Log the wrapped strategy's settings and the attribution settings."""
@@ -262,7 +257,8 @@ class AttributedStrategy(Strategy):
                            f"min_clients = {self.min_clients}")
             with _minimums_at_most(self.strategy, len(nodes)):
                 messages = list(self.strategy.configure_train(server_round, arrays, config, _Nodes(grid, nodes)))
-        self._sent_to = [int(m.metadata.dst_node_id) for m in messages]
+        # Flower gives each message its id when it sends it: read them in aggregate_train.
+        self._sent = messages
         return messages
 
     def _expected_nodes(self) -> int:
@@ -279,16 +275,17 @@ class AttributedStrategy(Strategy):
         replies = list(replies)
         reference = {k: v.numpy() for k, v in self._global.items()}
         expected_before = self.identities.expected()
+        senders = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self._sent if m.metadata.message_id}
         screened = screen_replies(replies, reference, self.weighted_by_key, identities=self.identities,
-                                  weights=self.weights)
+                                  weights=self.weights, senders=senders)
         for r in screened.rejected:
             log(WARNING, "Rejected reply of partition %s (node %s) in round %s: %s", r["partition_id"], r["node_id"],
                 server_round, r["reason"])
         self.rejected.extend({"round": server_round, **r} for r in screened.rejected)
         accepted = screened.replies
         missing_partitions = self._missing(set(accepted), screened.rejected, expected_before)
-        replied = {int(m.metadata.src_node_id) for m in replies}
-        missing = max(len(missing_partitions), len(set(self._sent_to) - replied))
+        replied = {sender(m, senders) for m in replies}
+        missing = max(len(missing_partitions), len({int(m.metadata.dst_node_id) for m in self._sent} - replied))
         self.missing_total += missing
         if missing:
             log(WARNING, "Round %s: %d expected clients did not reply (partitions %s)", server_round, missing,

@@ -8,7 +8,7 @@ against its node's binding (``identity``), its example count against the round's
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +93,7 @@ def _check_counterfactual(testbed: dict[str, Any], reference: dict[str, np.ndarr
 
 def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],
                    weighted_by_key: str = "num-examples", *, identities: IdentityBinder | None = None,
-                   weights: WeightPolicy | None = None) -> Screened:
+                   weights: WeightPolicy | None = None, senders: Mapping[str, int] | None = None) -> Screened:
     """Split replies into accepted (sorted by partition id) and rejected (with reasons).
 
     Rejected: error replies, a second reply from one node, replies that fail
@@ -102,7 +102,8 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],
     nodes are bound to their partitions. Their example counts are capped by ``weights`` (the
     message itself carries the used count, so the wrapped strategy aggregates with it; the claim
     is kept in ``Reply.claimed_num_examples``). Testbed-only records are stripped from accepted
-    messages, so whatever aggregates them sees benign-shaped replies.
+    messages, so whatever aggregates them sees benign-shaped replies. ``senders`` maps the
+    message ids of the round's instructions to the nodes they went to (see :func:`sender`).
     """
     identities = identities if identities is not None else IdentityBinder()
     weights = weights if weights is not None else WeightPolicy()
@@ -110,7 +111,7 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],
     seen: set[int] = set()
     valid: dict[int, tuple[int | None, Message, Reply]] = {}
     for msg in replies:
-        node_id = int(msg.metadata.src_node_id)
+        node_id = sender(msg, senders)
         bound = identities.partition_of(node_id)
         if node_id in seen:
             out.rejected.append(_rejection(node_id, bound, None, f"a second reply from node {node_id} in one round"))
@@ -157,6 +158,19 @@ def screen_replies(replies: Iterable[Message], reference: dict[str, np.ndarray],
     # A fixed order makes the floating-point sum of the aggregation, and so the run, reproducible.
     out.accepted = [(pid, msg, reply) for pid, (_, msg, reply, _) in sorted(accepted.items())]
     return out
+
+
+def sender(msg: Message, senders: Mapping[str, int] | None = None) -> int:
+    """The node a reply speaks for: the node its instruction was sent to, else its source node.
+
+    Flower answers for a node that stopped heartbeating with an error reply whose source is the
+    SuperLink; the instruction it replies to still names the node.
+    """
+    if senders:
+        node = senders.get(msg.metadata.reply_to_message_id)
+        if node is not None:
+            return int(node)
+    return int(msg.metadata.src_node_id)
 
 
 def _rejection(node_id: int, partition_id: int | None, claim: int | None, reason: str) -> dict[str, Any]:
