@@ -225,7 +225,7 @@ def test_a_failed_job_is_retried_listed_with_its_reasons_and_left_out_of_the_sta
     assert job_state(job).status == "failed" and not JobRecorder(job).finished
     res = load_results(run_dir)
     assert [j.seed for j in res.failed] == [1] and ("attack", 1) not in res.jobs
-    summary = summarize(run_dir)
+    summary = summarize(run_dir).as_dict()
     assert summary["jobs"]["failed"] == 1 and summary["final_accuracy"]["attack"]["n"] == 1
     reasons = {(f["partition_id"], f["reason"]): f["rounds"] for f in summary["failures"]}
     assert reasons[(2, "error reply: client raised")] == [2]
