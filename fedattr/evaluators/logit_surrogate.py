@@ -17,7 +17,7 @@ with ``c(S)`` FedAvg's renormalised coefficients (zero-weight fallback included)
 - ``"both"``: ``alpha = (1 - |c(S)|^2) / (1 - |p|^2)``: exact at the empty coalition, every
   singleton and ``N``. (For logits quadratic in the parameters with equal pairwise curvature,
   the departure from linear interpolation is proportional to ``1 - |c|^2``.)
-- ``"loo"``: ``n`` more real forwards, the leave-one-out coalitions ``N \ {k}``, and a
+- ``"loo"``: ``n`` more real forwards, the leave-one-out coalitions ``N \\ {k}``, and a
   curvature per client instead of one: ``alpha(S) r`` becomes ``sum_i c_i(S) (1 - c_i(S)) u_i``
   (0 at singletons; ``1 - |c|^2`` times ``u`` when every ``u_i = u``), with ``u [n, V, C]`` the
   least-squares fit of the residuals at ``N`` and the ``n`` leave-one-out coalitions. Exact at
@@ -39,6 +39,7 @@ the logits are affine in the parameters (e.g. a linear model) every anchoring eq
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from typing import Sequence
@@ -48,13 +49,14 @@ import torch
 import torch.nn.functional as F
 
 from .base import Evaluator, register
-from .game import Game, RoundGame, masks_to_matrix
+from .game import Game, RoundGame, coalition_table, masks_to_matrix
 from .surrogate import fedavg_coefficients, surrogate_shapley_values
 
 __all__ = ["LOGIT_ANCHORS", "LogitSurrogateGame", "LogitSurrogateShapley", "choose_pairs", "default_n_pairs",
            "logit_surrogate_for"]
 
 LOGIT_ANCHORS = ("grand", "clients", "both", "loo", "pairs")
+SAMPLING_DESIGNS = ("cyclic", "antithetic")
 DEFAULT_LOGIT_ANCHOR = "loo"
 DEFAULT_PAIR_RIDGE = 0.01
 MAX_EXACT_LOGIT_PLAYERS = 20
@@ -123,7 +125,7 @@ class LogitSurrogateGame(Game):
         Real values ``{mask: value}`` of the anchor coalitions (default: the metric of the given
         logits); returned where the construction is exact.
     z_loo : Tensor [n, V, C], optional
-        Logits of each leave-one-out coalition ``N \ {k}`` (required by ``anchor="loo"`` and
+        Logits of each leave-one-out coalition ``N \\ {k}`` (required by ``anchor="loo"`` and
         ``"pairs"``).
     pairs : sequence of int, optional
         Bitmasks of the pair coalitions ``{i, j}`` whose logits ``z_pairs [k, V, C]`` are given
@@ -230,6 +232,7 @@ class LogitSurrogateGame(Game):
                       if self.anchor in ("loo", "pairs") else None)
         self.v_pairs = {m: float(anchor_values[m]) for m in self.pairs}
         self._table: np.ndarray | None = None
+        self._cm: dict | None = None
         self.forward_seconds_ = 0.0
 
     # construction ------------------------------------------------------------------------------
@@ -383,23 +386,14 @@ class LogitSurrogateGame(Game):
     def table(self, chunk: int = 1 << 14) -> np.ndarray:
         """All ``2^n`` values indexed by bitmask (computed once, then kept)."""
         if self._table is None:
-            if self.n > 26:
-                raise ValueError(f"a table of 2^{self.n} values is too large")
-            out = np.empty(1 << self.n)
-            bits = np.arange(self.n, dtype=np.int64)
-            for s in range(0, 1 << self.n, chunk):
-                m = np.arange(s, min(s + chunk, 1 << self.n), dtype=np.int64)[:, None]
-                out[s:s + m.shape[0]] = self.values_of(((m >> bits) & 1).astype(bool))
-            self._table = out
+            self._table = coalition_table(self.values_of, self.n, chunk)
         return self._table
 
     def permutation_marginals(self, perms: np.ndarray, use_table: bool = True) -> np.ndarray:
         """Marginal contributions ``[B, n]`` along ``B`` permutations.
 
         With the table already built (and ``use_table``) they are its prefix differences.
-        Otherwise every permutation is walked once, keeping per prefix ``sum w_i d_i``, ``W =
-        sum w_i`` and ``sum w_i^2`` (and the unweighted sums, used while the prefix's weights
-        sum to 0, as FedAvg does): ``O(n V C)`` per permutation, no model forward.
+        Otherwise every permutation is walked once (:meth:`prefix_values`).
         """
         perms = np.asarray(perms, dtype=np.int64).reshape(-1, self.n)
         b, n = perms.shape
@@ -412,84 +406,187 @@ class LogitSurrogateGame(Game):
             vals = self._table[masks]
             marg[rows[:, None], perms] = np.diff(vals, axis=1, prepend=self.v_empty)
             return marg
+        step = max(1, _CHUNK_ELEMENTS // max(1, self.z0.numel()))
+        for s in range(0, b, step):
+            p = perms[s:s + step]
+            marg[s + np.arange(p.shape[0])[:, None], p] = np.diff(self.prefix_values(p), axis=1)
+        return marg
+
+    def _class_major(self) -> dict:
+        """The walk's tensors with the class axis ahead of the examples (``[..., C, V]``): the
+        metric's reductions over a handful of classes then run over long contiguous rows."""
+        if self._cm is None:
+            c, v = self.z0.shape[1], self.n_val
+            self._cm = {
+                "d": self.d.transpose(1, 2).contiguous(),
+                "u": None if self.u is None else self.u.transpose(1, 2).contiguous(),
+                "z0": self.z0.T.contiguous(),
+                "r": self.r.T.contiguous(),
+                # Classes ahead of each example's label: argmax takes the first of tied maxima.
+                "lower": torch.arange(c, device=self.y.device)[:, None] < self.y[None],
+                "index": self.y.view(1, 1, v),
+            }
+        return self._cm
+
+    def _scores_class_major(self, z: torch.Tensor) -> np.ndarray:
+        """The metric of ``[B, C, V]`` logits, float64 ``[B]``: :meth:`scores` on the transposed
+        logits (cross-entropy in float32, summed in float64; accuracy as argmax, first of ties)."""
+        cm = self._class_major()
+        b = z.shape[0]
+        if self.metric == "neg_ce":
+            z = z.float()
+        zy = z.gather(1, cm["index"].expand(b, 1, -1))[:, 0]
+        top = z.amax(1)
+        if self.metric == "neg_ce":
+            lse = (z - top[:, None]).exp_().sum(1).log_().add_(top)
+            return ((zy - lse).sum(1, dtype=torch.float64) / self.n_val).cpu().numpy()
+        before = torch.where(cm["lower"], z, torch.finfo(z.dtype).min).amax(1)
+        correct = (zy >= top) & ((zy > before) | ~cm["lower"].any(0))
+        if self.metric == "accuracy":
+            return (correct.sum(1, dtype=torch.float64) / self.n_val).cpu().numpy()
+        per_class = (correct.to(torch.float32) @ self._onehot).to(torch.float64)
+        return (per_class[:, self._present] / self._counts[self._present]).mean(1).cpu().numpy()
+
+    def prefix_values(self, perms: np.ndarray) -> np.ndarray:
+        """Values ``[B, n + 1]`` of the prefixes of ``B`` permutations (column 0 the empty
+        coalition), walked incrementally: per prefix ``sum w_i d_i``, ``W = sum w_i`` and ``sum
+        w_i^2`` (and the unweighted sums, used while the prefix's weights sum to 0, as FedAvg
+        does), ``O(n V C)`` per permutation, no model forward (``anchor="pairs"``: every prefix
+        through :meth:`values_of`). Where the construction is exact the real values are returned."""
+        perms = np.asarray(perms, dtype=np.int64).reshape(-1, self.n)
+        b, n = perms.shape
+        vals = np.empty((b, n + 1))
+        vals[:, 0] = self.v_empty
+        if b == 0 or n == 0:
+            return vals
         if self.e is not None:
             # Pair curvatures make a prefix's value quadratic in its members: score the prefixes.
             member = np.zeros((b, n, n), dtype=bool)
-            member[rows[:, None], np.arange(n)[None], perms] = True
+            member[np.arange(b)[:, None], np.arange(n)[None], perms] = True
             member = np.cumsum(member, axis=1, dtype=np.int8).astype(bool)
-            vals = self.values_of(member.reshape(b * n, n)).reshape(b, n)
-            marg[rows[:, None], perms] = np.diff(vals, axis=1, prepend=self.v_empty)
-            return marg
-        step = max(1, _CHUNK_ELEMENTS // max(1, self.z0.numel()))
-        for s in range(0, b, step):
-            marg[s:s + step] = self._walk(perms[s:s + step])
-        return marg
-
-    def _walk(self, perms: np.ndarray) -> np.ndarray:
-        b, n = perms.shape
-        rows = np.arange(b)
-        marg = np.zeros((b, n))
-        dt, dev = self.d.dtype, self.d.device
+            vals[:, 1:] = self.values_of(member.reshape(b * n, n)).reshape(b, n)
+            return vals
+        cm = self._class_major()
+        d, u, z0, r = cm["d"], cm["u"], cm["z0"], cm["r"]
+        dt, dev = d.dtype, d.device
         zero = bool(np.any(self.weights == 0))
-        s_w = torch.zeros((b,) + tuple(self.z0.shape), dtype=dt, device=dev)
+        equal = not zero and bool(np.all(self.weights == self.weights[0]))
+        s_w = torch.zeros((b,) + tuple(z0.shape), dtype=dt, device=dev)
         s_1 = torch.zeros_like(s_w) if zero else None
-        curv = self.u is not None
+        curv = u is not None
         # With per-client curvature: sum w_i u_i, sum w_i^2 u_i (and sum u_i for the fallback).
         s_u = torch.zeros_like(s_w) if curv else None
         s_uu = torch.zeros_like(s_w) if curv else None
         s_1u = torch.zeros_like(s_w) if curv and zero else None
+        z = torch.empty_like(s_w)
         w_sum, w_sq, k = np.zeros(b), np.zeros(b), np.zeros(b)
-        prev = np.full(b, self.v_empty)
+        exact_first = self.anchor in ("clients", "both", "loo")
+        exact_last = self.anchor in ("grand", "both", "loo")
         with torch.no_grad():
             for j in range(n):
                 i = perms[:, j]
                 wi = self.weights[i]
                 it = torch.as_tensor(i, device=dev)
-                di = self.d[it]
-                wt = torch.as_tensor(wi, dtype=dt, device=dev)[:, None, None]
-                s_w += wt * di
+                di = d.index_select(0, it)
+                wt = None if equal else torch.as_tensor(wi, dtype=dt, device=dev)[:, None, None]
+                # Equal weights: the plain sum, divided by the count below (the same mean).
+                s_w.add_(di) if equal else s_w.addcmul_(wt, di)
                 if curv:
-                    ui = self.u[it]
-                    s_u += wt * ui
-                    s_uu += wt * wt * ui
+                    ui = u.index_select(0, it)
+                    if equal:
+                        s_u.add_(ui)
+                    else:
+                        s_u.addcmul_(wt, ui)
+                        s_uu.addcmul_(wt * wt, ui)
                     if zero:
-                        s_1u += ui
+                        s_1u.add_(ui)
+                if zero:
+                    s_1.add_(di)
                 w_sum += wi
                 w_sq += wi * wi
                 k += 1
+                if j == 0 and exact_first:
+                    vals[:, 1] = self.v_clients[i]
+                    continue
+                if j == n - 1 and exact_last:
+                    vals[:, n] = self.v_full
+                    continue
+                if j == n - 2 and self.anchor == "loo" and n > 1:
+                    vals[:, n - 1] = self.v_loo[perms[:, n - 1]]
+                    continue
                 pos = w_sum > 0
                 safe = np.where(pos, w_sum, 1.0)
-                mean = s_w / torch.as_tensor(safe, dtype=dt, device=dev)[:, None, None]
                 c2 = np.where(pos, w_sq / safe ** 2, 1.0 / k)
-                if curv:
-                    sw = torch.as_tensor(safe, dtype=dt, device=dev)[:, None, None]
-                    mean = mean + s_u / sw - s_uu / sw ** 2
-                pos_t = torch.as_tensor(pos, device=dev)[:, None, None]
-                if zero:
-                    s_1 += di
-                    if not pos.all():
+                if equal:
+                    kk = float(k[0])
+                    torch.mul(s_w, 1.0 / kk, out=z)
+                    if curv:
+                        z.add_(s_u, alpha=1.0 / kk - 1.0 / kk ** 2)
+                else:
+                    inv = torch.as_tensor(1.0 / safe, dtype=dt, device=dev)[:, None, None]
+                    torch.mul(s_w, inv, out=z)
+                    if curv:
+                        z.addcmul_(s_u, inv).addcmul_(s_uu, inv * inv, value=-1.0)
+                    if zero and not pos.all():
                         kk = float(k[0])
                         alt = s_1 / kk + ((1 / kk - 1 / kk ** 2) * s_1u if curv else 0.0)
-                        mean = torch.where(pos_t, mean, alt)
-                alpha = torch.as_tensor(self._alpha(c2), dtype=dt, device=dev)
-                v = self.scores(self.z0 + mean + alpha[:, None, None] * self.r)
-                if j == 0 and self.anchor in ("clients", "both", "loo"):
-                    v = self.v_clients[i]
-                if j == n - 2 and self.anchor == "loo" and n > 1:
-                    v = self.v_loo[perms[:, n - 1]]
-                if j == n - 1 and self.anchor in ("grand", "both", "loo"):
-                    v = np.full(b, self.v_full)
-                marg[rows, i] = v - prev
-                prev = v
-        return marg
+                        z = torch.where(torch.as_tensor(pos, device=dev)[:, None, None], z, alt)
+                z.add_(z0)
+                if self.anchor not in ("clients", "loo"):
+                    alpha = torch.as_tensor(self._alpha(c2), dtype=dt, device=dev)[:, None, None]
+                    z.addcmul_(alpha, r)
+                vals[:, j + 1] = self._scores_class_major(z)
+        return vals
 
     def shapley(self, max_exact_players: int = MAX_EXACT_LOGIT_PLAYERS, n_permutations: int = 1000,
-                seed: int | np.random.Generator | None = 0, batch: int = 200) -> tuple[np.ndarray, bool]:
+                seed: int | np.random.Generator | None = 0, batch: int = 200,
+                design: str = "cyclic") -> tuple[np.ndarray, bool]:
         """Shapley values: exact by enumeration for ``n <= max_exact_players``, otherwise the
-        mean marginals of ``n_permutations`` permutations in antithetic pairs (walked
-        incrementally). Returns ``(values, exact)``."""
-        return surrogate_shapley_values(self, lambda p: self.permutation_marginals(p, use_table=False),
-                                        max_exact_players, n_permutations, seed, batch)
+        mean marginals of about ``n_permutations`` sampled permutations. ``design="cyclic"``
+        (default): ``ceil(n_permutations / 2n)`` random base permutations, each standing for
+        its ``2n`` cyclic shifts and reversed shifts (:meth:`cyclic_marginals`: balanced over
+        positions, half the walks); ``"antithetic"``: independent permutations in antithetic
+        pairs. Returns ``(values, exact)``."""
+        if design == "antithetic" or self.n <= max_exact_players:
+            if design not in SAMPLING_DESIGNS:
+                raise ValueError(f"unknown design {design!r}; valid: {', '.join(SAMPLING_DESIGNS)}")
+            return surrogate_shapley_values(self, lambda p: self.permutation_marginals(p, use_table=False),
+                                            max_exact_players, n_permutations, seed, batch)
+        if design != "cyclic":
+            raise ValueError(f"unknown design {design!r}; valid: {', '.join(SAMPLING_DESIGNS)}")
+        n = self.n
+        rng = np.random.default_rng(seed)
+        bases = max(1, int(math.ceil(n_permutations / (2 * n))))
+        # Bases walked together while their arcs' mixed logits fit in one chunk.
+        step = max(1, _CHUNK_ELEMENTS // max(1, n * self.z0.numel()))
+        total = np.zeros(n)
+        for s in range(0, bases, step):
+            total += self.cyclic_marginals(np.stack([rng.permutation(n) for _ in range(min(step, bases - s))]))
+        return total / (2 * n * bases), False
+
+    def cyclic_marginals(self, sigma: np.ndarray) -> np.ndarray:
+        """Summed marginals ``[n]`` of the ``2n`` permutations each base permutation of ``sigma``
+        (``[R, n]``, or one) stands for: its ``n`` cyclic shifts and the ``n`` shifts of its
+        reverse.
+
+        Every prefix of these permutations is an arc of the cycle, so walking the ``n`` forward
+        shifts evaluates every arc once and the reversed shifts read their marginals off the same
+        values: ``2n`` permutations for the walks of ``n``. Each player takes every position
+        exactly once per direction (the design is balanced over positions), and each of the
+        ``2n`` permutations is uniformly distributed, so the mean marginal is unbiased.
+        """
+        sigma = np.asarray(sigma, dtype=np.int64).reshape(-1, self.n)
+        r, n = sigma.shape
+        shift = (np.arange(n)[:, None] + np.arange(n)[None]) % n
+        arcs = sigma[:, shift].reshape(r * n, n)
+        vals = self.prefix_values(arcs).reshape(r, n, n + 1)
+        total = np.zeros(n)
+        # Forward: player sigma[t + k] joins the arc of k players starting at t.
+        np.add.at(total, arcs.reshape(-1), np.diff(vals, axis=2).reshape(-1))
+        # Reverse: player sigma[t - 1] joins arc (t, k), which gives arc (t - 1, k + 1).
+        rev = np.roll(vals[:, :, 1:], 1, axis=1) - vals[:, :, :-1]
+        np.add.at(total, np.repeat(sigma[:, (np.arange(n) - 1) % n].reshape(-1), n), rev.reshape(-1))
+        return total
 
 
 # ------------------------------------------------------------------------------ sharing
