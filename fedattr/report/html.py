@@ -12,7 +12,8 @@ from markdown_it import MarkdownIt
 __all__ = ["markdown_to_html"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+          "table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto}"
+          "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;white-space:nowrap}"
           "img{max-width:100%}pre{background:#f4f4f4;padding:1em;overflow:auto}"
           "blockquote{border-left:4px solid #D55E00;margin:1em 0;padding:.2em 1em;background:#fff4ec}")
 
