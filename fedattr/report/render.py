@@ -1,6 +1,6 @@
 """Rendering helpers every report part shares: markdown tables, figures, the arm palette.
 
-This module imports no other report module, so detectors, plots and markdown all sit above it.
+It imports only the report's statistics, so detectors, plots and markdown all sit above it.
 Figures are pyplot-free (no global backend state): :class:`matplotlib.figure.Figure` renders PNG
 with Agg.
 """
