@@ -63,6 +63,10 @@ MAX_EXACT_LOGIT_PLAYERS = 20
 _SCORED_METRICS = ("accuracy", "neg_ce", "balanced_accuracy")
 # Mixed-logit elements held at once (per chunk of coalitions or permutations).
 _CHUNK_ELEMENTS = 1 << 22
+# Mixed-logit elements per walked batch of permutations: small enough that the running sums and
+# the scored logits stay in a core's cache (on 2 shared cores 50 rows of 500 x 10 logits walked
+# in about half the time per row of 800 rows).
+_WALK_ELEMENTS = 1 << 18
 
 
 def _anchor_masks(n: int, anchor: str, pairs: Sequence[int] = ()) -> list[int]:
@@ -406,10 +410,7 @@ class LogitSurrogateGame(Game):
             vals = self._table[masks]
             marg[rows[:, None], perms] = np.diff(vals, axis=1, prepend=self.v_empty)
             return marg
-        step = max(1, _CHUNK_ELEMENTS // max(1, self.z0.numel()))
-        for s in range(0, b, step):
-            p = perms[s:s + step]
-            marg[s + np.arange(p.shape[0])[:, None], p] = np.diff(self.prefix_values(p), axis=1)
+        marg[rows[:, None], perms] = np.diff(self.prefix_values(perms), axis=1)
         return marg
 
     def _class_major(self) -> dict:
@@ -455,6 +456,9 @@ class LogitSurrogateGame(Game):
         through :meth:`values_of`). Where the construction is exact the real values are returned."""
         perms = np.asarray(perms, dtype=np.int64).reshape(-1, self.n)
         b, n = perms.shape
+        step = max(1, _WALK_ELEMENTS // max(1, self.z0.numel()))
+        if b > step:
+            return np.concatenate([self.prefix_values(perms[s:s + step]) for s in range(0, b, step)])
         vals = np.empty((b, n + 1))
         vals[:, 0] = self.v_empty
         if b == 0 or n == 0:
