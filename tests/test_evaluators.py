@@ -219,7 +219,6 @@ def test_player_ids_and_as_dict():
     ev = ExactShapley().fit(game)
     assert ev.players_ == (10, 7, 42)
     assert ev.as_dict() == pytest.approx({10: a[0], 7: a[1], 42: a[2]})
-    assert game.mask_of([42, 10]) == 0b101
 
 
 # ---------------------------------------------------------------------- Monte-Carlo ones

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from .base import BudgetExhausted, MonteCarloEvaluator, _RunningStats, register
-from .sampling import walk_permutations
+from .sampling import antithetic_mean, draw_permutations, walk_permutations
 from .stopping import EstimatorState, MaxPermutations, RelativeChange, StoppingRule
 from .logit_surrogate import (
     DEFAULT_LOGIT_ANCHOR,
@@ -127,21 +127,13 @@ class ControlVariateShapley(MonteCarloEvaluator):
             base, _ = sur.shapley(self.max_exact_players, self.n_permutations_surrogate, rng)
             self.surrogate_ = sur
             while True:
-                perms = []
-                for _ in range(max(1, int(self.batch_permutations))):
-                    p = rng.permutation(n)
-                    perms.append(p)
-                    if self.antithetic:
-                        perms.append(p[::-1])
-                perms = np.stack(perms)
+                perms = draw_permutations(rng, n, self.batch_permutations, self.antithetic)
                 try:
                     real = walk_permutations(req, perms, v0, vn, self.truncation)
                 except BudgetExhausted:
                     self.budget_exhausted_ = True
                     break
-                resid = real - sur.permutation_marginals(perms)
-                if self.antithetic:
-                    resid = (resid[0::2] + resid[1::2]) / 2
+                resid = antithetic_mean(real - sur.permutation_marginals(perms), self.antithetic)
                 for row in resid:
                     stats.add(row)
                     history.append(base + stats.means)

@@ -19,6 +19,7 @@ __all__ = [
     "RoundGame",
     "FunctionGame",
     "TabularGame",
+    "coalition_table",
     "indices_to_mask",
     "mask_to_indices",
     "masks_to_matrix",
@@ -58,6 +59,19 @@ def masks_to_matrix(masks: Sequence[int], n: int) -> np.ndarray:
         m = np.asarray([int(x) for x in masks], dtype=np.int64).reshape(-1, 1)
         return ((m >> np.arange(n, dtype=np.int64)) & 1).astype(bool)
     return np.array([[(int(x) >> i) & 1 for i in range(n)] for x in masks], dtype=bool).reshape(-1, n)
+
+
+def coalition_table(values_of: Callable[[np.ndarray], np.ndarray], n: int, chunk: int) -> np.ndarray:
+    """All ``2^n`` coalition values indexed by bitmask, from ``values_of`` (a ``[K, n]``
+    membership matrix -> ``K`` values) called on chunks of ``chunk`` coalitions."""
+    if n > 26:
+        raise ValueError(f"a table of 2^{n} values is too large")
+    out = np.empty(1 << n)
+    bits = np.arange(n, dtype=np.int64)
+    for s in range(0, 1 << n, chunk):
+        m = np.arange(s, min(s + chunk, 1 << n), dtype=np.int64)[:, None]
+        out[s:s + m.shape[0]] = values_of(((m >> bits) & 1).astype(bool))
+    return out
 
 
 def matrix_to_masks(member) -> list[int]:
@@ -119,11 +133,6 @@ class Game:
         """``v(N) - v(empty)``."""
         v = self.values([self.full_mask, 0])
         return float(v[0] - v[1])
-
-    def mask_of(self, players: Iterable) -> int:
-        """Bitmask of a collection of player *ids* (not positions)."""
-        pos = {p: i for i, p in enumerate(self.players)}
-        return indices_to_mask(pos[p] for p in players)
 
     def _evaluate(self, masks: list[int]) -> np.ndarray:
         raise NotImplementedError

@@ -10,7 +10,24 @@ from .base import BudgetExhausted, MonteCarloEvaluator, _RunningStats, register
 from .game import matrix_to_masks
 from .stopping import EstimatorState, MaxPermutations, MaxSamples, RelativeChange, StandardError, StoppingRule
 
-__all__ = ["TMCShapley", "GTGShapley", "BanzhafMSR", "walk_permutations"]
+__all__ = ["TMCShapley", "GTGShapley", "BanzhafMSR", "antithetic_mean", "draw_permutations", "walk_permutations"]
+
+
+def draw_permutations(rng: np.random.Generator, n: int, count: int, antithetic: bool) -> np.ndarray:
+    """``max(1, count)`` random permutations of ``n`` players ``[B, n]``, each followed by its
+    reverse when ``antithetic``."""
+    perms = []
+    for _ in range(max(1, int(count))):
+        p = rng.permutation(n)
+        perms.append(p)
+        if antithetic:
+            perms.append(p[::-1])
+    return np.stack(perms)
+
+
+def antithetic_mean(rows: np.ndarray, antithetic: bool) -> np.ndarray:
+    """Per-permutation rows of :func:`draw_permutations`' output, each antithetic pair averaged."""
+    return (rows[0::2] + rows[1::2]) / 2 if antithetic else rows
 
 
 def walk_permutations(req, perms: np.ndarray, v_empty: float, v_full: float, truncation: float | None) -> np.ndarray:
@@ -90,20 +107,13 @@ class TMCShapley(MonteCarloEvaluator):
         if n:
             v0, vn = req.values([0, game.full_mask])
             while True:
-                perms = []
-                for _ in range(max(1, int(self.batch_permutations))):
-                    p = rng.permutation(n)
-                    perms.append(p)
-                    if self.antithetic:
-                        perms.append(p[::-1])
+                perms = draw_permutations(rng, n, self.batch_permutations, self.antithetic)
                 try:
-                    marg = walk_permutations(req, np.stack(perms), v0, vn, self.truncation)
+                    marg = walk_permutations(req, perms, v0, vn, self.truncation)
                 except BudgetExhausted:
                     self.budget_exhausted_ = True
                     break
-                if self.antithetic:
-                    marg = (marg[0::2] + marg[1::2]) / 2
-                for row in marg:
+                for row in antithetic_mean(marg, self.antithetic):
                     stats.add(row)
                 n_perm += len(perms)
                 if stop.check(self._state(req, stats, n_perm)):

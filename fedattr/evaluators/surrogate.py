@@ -30,7 +30,7 @@ from torch.func import functional_call
 
 from .base import Evaluator, register
 from .exact import semivalue_from_table, shapley_weights
-from .game import Game, RoundGame, masks_to_matrix
+from .game import Game, RoundGame, coalition_table, masks_to_matrix
 
 __all__ = [
     "SURROGATE_METRICS",
@@ -257,14 +257,7 @@ class SurrogateGame(Game):
 
     def table(self, chunk: int = 1 << 16) -> np.ndarray:
         """All ``2^n`` values indexed by bitmask, vectorised over chunks of coalitions."""
-        if self.n > 26:
-            raise ValueError(f"a table of 2^{self.n} values is too large")
-        out = np.empty(1 << self.n)
-        bits = np.arange(self.n, dtype=np.int64)
-        for s in range(0, 1 << self.n, chunk):
-            m = np.arange(s, min(s + chunk, 1 << self.n), dtype=np.int64)[:, None]
-            out[s:s + m.shape[0]] = self.values_of(((m >> bits) & 1).astype(bool))
-        return out
+        return coalition_table(self.values_of, self.n, chunk)
 
     def permutation_marginals(self, perms: np.ndarray) -> np.ndarray:
         """Marginal contributions ``[B, n]`` along ``B`` permutations, ``O(B n^2)`` in all.

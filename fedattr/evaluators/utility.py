@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -327,25 +328,30 @@ class ModelUtility:
         params = params.to(self.device, self.layout.dtype)
         out = {m: np.empty(params.shape[0], dtype=np.float64) for m in metrics}
         step = self.max_coalitions_per_call_
-        threads = torch.get_num_threads()
-        if self.num_threads is not None:
-            torch.set_num_threads(int(self.num_threads))
-        try:
-            with torch.no_grad():
-                for start in range(0, params.shape[0], step):
-                    chunk = params[start:start + step]
-                    stats = self.engine_.statistics(chunk, metrics)
-                    for m, v in self._finish(stats, metrics).items():
-                        out[m][start:start + chunk.shape[0]] = v
-        finally:
-            if self.num_threads is not None:
-                torch.set_num_threads(threads)
+        with self._threads(), torch.no_grad():
+            for start in range(0, params.shape[0], step):
+                chunk = params[start:start + step]
+                stats = self.engine_.statistics(chunk, metrics)
+                for m, v in self._finish(stats, metrics).items():
+                    out[m][start:start + chunk.shape[0]] = v
         self.n_calls_ += 1
         self.n_models_ += params.shape[0]
         self.seconds_ += time.perf_counter() - t0
         return out
 
     evaluate = __call__
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """torch's intra-op threads set to ``num_threads`` inside, restored after."""
+        threads = torch.get_num_threads()
+        if self.num_threads is not None:
+            torch.set_num_threads(int(self.num_threads))
+        try:
+            yield
+        finally:
+            if self.num_threads is not None:
+                torch.set_num_threads(threads)
 
     def _finish(self, stats: dict[str, torch.Tensor], metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
         out = {}
@@ -387,15 +393,8 @@ class ModelUtility:
         if params.dim() != 2 or params.shape[1] != self.layout.size:
             raise ValueError(f"expected parameter sets of shape [K, {self.layout.size}], got {tuple(params.shape)}")
         params = params.to(self.device, self.layout.dtype)
-        threads = torch.get_num_threads()
-        if self.num_threads is not None:
-            torch.set_num_threads(int(self.num_threads))
-        try:
-            with torch.no_grad():
-                rows = self.engine_.logits(params, self.max_coalitions_per_call_)
-        finally:
-            if self.num_threads is not None:
-                torch.set_num_threads(threads)
+        with self._threads(), torch.no_grad():
+            rows = self.engine_.logits(params, self.max_coalitions_per_call_)
         if not rows:
             return torch.empty(0, self.n_val_, self.num_classes_, dtype=self._input_dtype, device=self.device)
         return torch.stack(rows)
