@@ -1,0 +1,1 @@
+"""Flower's PyTorch quickstart with data attribution on the server."""
