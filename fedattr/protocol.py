@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedattr.core.env import cache_dir_override, data_dir_override, default_cache_dir
 from fedattr.scenario.schema import AggregationSpec, AttributionSpec, DataSpec, DetectorSpec, PartitionSpec, TrainSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,8 +89,8 @@ class NodeSettings:
             partition_id=int(node_config["partition-id"]),
             role=role,
             device=str(node_config.get("device") or env.get("FEDATTR_DEVICE") or "") or None,
-            data_dir=str(node_config.get("data-dir") or env.get("FEDATTR_DATA_DIR") or "") or None,
-            cache_dir=str(node_config.get("cache-dir") or env.get("FEDATTR_CACHE_DIR") or "") or None,
+            data_dir=str(node_config.get("data-dir") or data_dir_override(env) or "") or None,
+            cache_dir=str(node_config.get("cache-dir") or cache_dir_override(env) or "") or None,
         )
 
     def resolved_cache_dir(self) -> Path:
@@ -98,10 +99,6 @@ class NodeSettings:
             return Path(self.cache_dir).expanduser().resolve()
         return default_cache_dir()
 
-
-def default_cache_dir() -> Path:
-    """Where trained generators are cached (``FEDATTR_CACHE_DIR`` overrides)."""
-    return Path(os.environ.get("FEDATTR_CACHE_DIR", Path.home() / ".cache" / "fedattr" / "generators")).resolve()
 
 
 # ----------------------------------------------------------------------------- job and plan

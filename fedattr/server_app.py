@@ -239,7 +239,9 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
     if recorder.finished:
         log(INFO, "Job %s finished earlier; skipping", entry.spec.job_id)
         return None
-    job = Job(entry.spec, data_dir=entry.server_data_dir or os.environ.get("FEDATTR_DATA_DIR"))
+    from fedattr.core.env import data_dir_override
+
+    job = Job(entry.spec, data_dir=entry.server_data_dir or data_dir_override())
     attribution = entry.attribution
     splits = job.splits()
     device = resolve_device(os.environ.get("FEDATTR_DEVICE") or job.spec.device)

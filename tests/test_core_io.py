@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ from fedattr.core.io import atomic_write_text, json_safe
 
 def test_json_safe_turns_arrays_scalars_and_non_finite_values_into_json():
     obj = {1: np.float32(0.5), "a": (np.int64(3), math.nan), "t": torch.tensor([1.5, math.inf]),
-           "s": torch.tensor(2), "arr": np.array([[1, 2]]), "b": np.bool_(True), "x": "keep"}
+           "s": torch.tensor(2), "arr": np.array([[1, 2]]), "b": np.bool_(True), "x": "keep",
+           "p": Path("/r/a b"), "o": object}
     safe = json_safe(obj)
-    assert safe == {"1": 0.5, "a": [3, None], "t": [1.5, None], "s": 2, "arr": [[1, 2]], "b": True, "x": "keep"}
+    assert safe == {"1": 0.5, "a": [3, None], "t": [1.5, None], "s": 2, "arr": [[1, 2]], "b": True, "x": "keep",
+                    "p": "/r/a b", "o": str(object)}
     assert json.loads(json.dumps(safe, allow_nan=False)) == safe
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,16 +58,14 @@ def architecture_signature(model: nn.Module) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file and rename it, so readers never see a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save through the package's one atomic write, so readers never see a half-written cache."""
+    import io
+
+    from fedattr.core.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def cpu_state(model: nn.Module) -> StateDict:

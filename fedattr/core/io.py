@@ -22,7 +22,7 @@ __all__ = ["json_safe", "atomic_write_bytes", "atomic_write_text"]
 
 def json_safe(obj: Any) -> Any:
     """``obj`` with every value JSON can hold: non-finite floats become None, dict keys str,
-    tuples lists, numpy/torch arrays and scalars Python lists and numbers."""
+    tuples lists, numpy/torch arrays and scalars Python lists and numbers, other objects str."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
@@ -33,7 +33,9 @@ def json_safe(obj: Any) -> Any:
         return json_safe(obj.tolist())
     if hasattr(obj, "item") and callable(obj.item):
         return json_safe(obj.item())
-    return obj
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)  # anything else (a path, an enum, a detector's object) as its text
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -43,8 +43,10 @@ PARTITIONERS = ("iid", "dirichlet", "pathological")
 
 
 def default_data_dir() -> Path:
-    """Where torchvision datasets live unless a scenario names another directory."""
-    return Path(os.environ.get("FEDATTR_DATA_DIR", Path.home() / ".cache" / "fedattr" / "data"))
+    """Where torchvision datasets live unless a scenario names another directory (``FEDATTR_DATA_DIR``)."""
+    from fedattr.core.env import default_data_dir as from_env
+
+    return from_env()
 
 
 @dataclass(frozen=True)
@@ -409,15 +411,6 @@ def client_partition(
     )
     idx = torch.from_numpy(parts[partition_id])
     return splits.x_pool[idx], splits.y_pool[idx]
-
-
-def benign_lacking(histograms: Mapping[int, Sequence[int]], num_classes: int) -> list[int]:
-    """The classes with no example in any of the given (benign) label histograms."""
-    totals = [0] * num_classes
-    for hist in histograms.values():
-        for c, n in enumerate(hist):
-            totals[c] += int(n)
-    return [c for c in range(num_classes) if totals[c] == 0]
 
 
 def label_histogram(labels: torch.Tensor, num_classes: int) -> list[int]:
