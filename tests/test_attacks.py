@@ -375,12 +375,13 @@ def test_every_attack_keeps_the_benign_reply_shape_and_match_norm_matches(splits
 # --- coverage truth and the target policy ------------------------------------------------------------
 
 def test_target_truth_scores_targets_against_the_lacking_classes():
-    from fedattr.attacks.truth import bits_to_classes, target_truth
+    from fedattr.attacks.truth import class_bits, target_truth
 
     t = target_truth([9, 7, 8], benign_histograms(), 10, scores=[0.9] * 7 + [0.1, 0.2, 0.0])
-    assert bits_to_classes(t["benign_lacking_bits"]) == UNSEEN and t["benign_lacking_count"] == 3
+    assert t["benign_lacking_bits"] == class_bits(UNSEEN) == 2 ** 7 + 2 ** 8 + 2 ** 9
+    assert t["benign_lacking_count"] == 3
     assert t["target_precision"] == t["target_recall"] == t["target_oracle_overlap"] == t["coverage_auc"] == 1.0
-    assert bits_to_classes(t["target_bits"]) == UNSEEN
+    assert t["target_bits"] == class_bits(UNSEEN)
     # Benign totals: 30 30 40 25 25 20 43 0 0 0; the two fewest are 7 and 8.
     t = target_truth([3, 8], benign_histograms(), 10, scores=[0.0] + [0.5] * 9)
     assert t["target_precision"] == 0.5 and t["target_recall"] == pytest.approx(1 / 3)

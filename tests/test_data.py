@@ -119,7 +119,8 @@ def test_withholding_with_no_attacker_share_leaves_the_classes_unused(splits):
 
 
 def test_partition_from_spec_and_withhold_count(splits):
-    from fedattr.learning.data import benign_lacking, partition_from_spec, withheld_classes
+    from fedattr.attacks.truth import benign_totals
+    from fedattr.learning.data import partition_from_spec, withheld_classes
 
     spec = {"kind": "dirichlet", "alpha": 0.5, "classes_per_client": 2, "min_partition_size": 10,
             "withhold_count": 2, "attacker_share": 0.0}
@@ -127,7 +128,8 @@ def test_partition_from_spec_and_withhold_count(splits):
     assert len(chosen) == 2 and chosen == withheld_classes(10, (), 2, seed=5)
     hists = {pid: label_histogram(partition_from_spec(splits, pid, 6, spec, seed=5, attacker_ids=[0])[1], 10)
              for pid in range(6)}
-    assert set(chosen) <= set(benign_lacking({p: h for p, h in hists.items() if p != 0}, 10))
+    totals = benign_totals({p: h for p, h in hists.items() if p != 0}, 10)
+    assert all(totals[c] == 0 for c in chosen)
     plain = {**spec, "withhold_count": 0}
     x, y = partition_from_spec(splits, 2, 6, plain, seed=5)
     x2, y2 = client_partition(splits, 2, "dirichlet", 6, alpha=0.5, seed=5)

@@ -17,16 +17,6 @@ def class_bits(classes: Sequence[int]) -> float:
     return float(sum(1 << int(c) for c in set(classes)))
 
 
-def bits_to_classes(bits: float) -> list[int]:
-    """The classes of a mask written by ``class_bits``."""
-    b, out, c = int(bits), [], 0
-    while b:
-        if b & 1:
-            out.append(c)
-        b, c = b >> 1, c + 1
-    return out
-
-
 def benign_totals(histograms: Mapping[int, Sequence[int]], num_classes: int) -> list[int]:
     """Per-class example count summed over the benign histograms."""
     totals = [0] * num_classes
