@@ -294,6 +294,8 @@ class ModelUtility:
                     why = self._too_large_to_stack() if name == "stacked" and self.engine != "stacked" else ""
                     why = why or verify_engine(engine, reference, flats, x)
                 if not why:
+                    if reasons:
+                        _log.info("engine %s for %s: %s", name, type(self._model).__name__, "; ".join(reasons))
                     return engine, "; ".join(reasons)
                 label = f"{name} (channels-last)" if cl else name
                 reasons.append(f"{label}: {why}")
