@@ -17,6 +17,11 @@ rounds of the small CNN on mnist5k (Dirichlet(0.5) partitions, one local epoch, 
    the other) next to the attribution seconds of GTG, TMC, the Taylor surrogate, CV Shapley and
    the logit surrogate (--scale-evaluators picks which), each on a fresh cache, capped at --cap
    seconds.
+3. surrogate Shapley (--surrogate-sizes, e.g. ``--error-sizes --scale-sizes --surrogate-sizes 100
+   500``): per n, seconds of the logit surrogate's sampled Shapley values (anchor both, synthetic
+   logits of the scale100 shape) through the baseline walk with independent antithetic
+   permutations (old) and through the class-major walk with the cyclic design (new), their ratio,
+   and each one's relative L1 error against a long run.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from fedattr.evaluators import (  # noqa: E402
     semivalue_from_table,
     shapley_weights,
 )
+from fedattr.evaluators.logit_surrogate import LogitSurrogateGame  # noqa: E402
+from fedattr.evaluators.surrogate import surrogate_shapley_values  # noqa: E402
 from fedattr.learning.models import build_model  # noqa: E402
 from fedattr.learning.training import train_local  # noqa: E402
 
@@ -262,6 +269,118 @@ SCALE_HEADER = (f"{'n':>4}{'train s':>9}" + "".join(f"{k + ' s':>10}{'evals':>6}
                 + f"{'fwd s':>9}{'enum':>6}{'sur/train':>10}{'L-loo/tr':>10}{'L-both/tr':>10}{'L-pair/tr':>10}")
 
 
+# ------------------------------------------------------------------------------- surrogate Shapley: baseline
+
+
+def baseline_walk(game, perms):
+    """Marginals ``[B, n]`` of the logit surrogate along ``perms`` as the incremental walk of
+    ``LogitSurrogateGame`` computed them before the class-major walk (kept here as the benchmark's
+    baseline): ``[B, V, C]`` sums, every step scored through ``game.scores`` (torch's
+    cross-entropy or argmax over the last axis)."""
+    b, n = perms.shape
+    rows = np.arange(b)
+    marg = np.zeros((b, n))
+    dt, dev = game.d.dtype, game.d.device
+    zero = bool(np.any(game.weights == 0))
+    s_w = torch.zeros((b,) + tuple(game.z0.shape), dtype=dt, device=dev)
+    s_1 = torch.zeros_like(s_w) if zero else None
+    curv = game.u is not None
+    s_u = torch.zeros_like(s_w) if curv else None
+    s_uu = torch.zeros_like(s_w) if curv else None
+    s_1u = torch.zeros_like(s_w) if curv and zero else None
+    w_sum, w_sq, k = np.zeros(b), np.zeros(b), np.zeros(b)
+    prev = np.full(b, game.v_empty)
+    with torch.no_grad():
+        for j in range(n):
+            i = perms[:, j]
+            wi = game.weights[i]
+            it = torch.as_tensor(i, device=dev)
+            di = game.d[it]
+            wt = torch.as_tensor(wi, dtype=dt, device=dev)[:, None, None]
+            s_w += wt * di
+            if curv:
+                ui = game.u[it]
+                s_u += wt * ui
+                s_uu += wt * wt * ui
+                if zero:
+                    s_1u += ui
+            w_sum += wi
+            w_sq += wi * wi
+            k += 1
+            pos = w_sum > 0
+            safe = np.where(pos, w_sum, 1.0)
+            mean = s_w / torch.as_tensor(safe, dtype=dt, device=dev)[:, None, None]
+            c2 = np.where(pos, w_sq / safe ** 2, 1.0 / k)
+            if curv:
+                sw = torch.as_tensor(safe, dtype=dt, device=dev)[:, None, None]
+                mean = mean + s_u / sw - s_uu / sw ** 2
+            pos_t = torch.as_tensor(pos, device=dev)[:, None, None]
+            if zero:
+                s_1 += di
+                if not pos.all():
+                    kk = float(k[0])
+                    alt = s_1 / kk + ((1 / kk - 1 / kk ** 2) * s_1u if curv else 0.0)
+                    mean = torch.where(pos_t, mean, alt)
+            alpha = torch.as_tensor(game._alpha(c2), dtype=dt, device=dev)[:, None, None]
+            v = game.scores(game.z0 + mean + alpha * game.r)
+            if j == 0 and game.anchor in ("clients", "both", "loo"):
+                v = game.v_clients[i]
+            if j == n - 2 and game.anchor == "loo" and n > 1:
+                v = game.v_loo[perms[:, n - 1]]
+            if j == n - 1 and game.anchor in ("grand", "both", "loo"):
+                v = np.full(b, game.v_full)
+            marg[rows, i] = v - prev
+            prev = v
+    return marg
+
+
+def baseline_shapley(game, n_permutations=1000, seed=0, batch=200):
+    """The baseline's Shapley values: ``n_permutations`` independent permutations in antithetic
+    pairs, each walked by :func:`baseline_walk`."""
+    return surrogate_shapley_values(game, lambda p: baseline_walk(game, p), 0, n_permutations, seed, batch)[0]
+
+
+def synthetic_surrogate(n, n_val=500, classes=10, anchor="both", metric="neg_ce", seed=0):
+    """A logit surrogate of the scale100 shape (``n`` clients, ``n_val`` validation images, 10
+    classes) on synthetic logits: a shared drift plus each client's own, no model forward."""
+    g = torch.Generator().manual_seed(seed)
+    z0 = 2 * torch.randn(n_val, classes, generator=g)
+    d = 0.5 * torch.randn(1, n_val, classes, generator=g) + 0.7 * torch.randn(n, n_val, classes, generator=g)
+    z_full = z0 + d.mean(0) + 0.2 * torch.randn(n_val, classes, generator=g)
+    y = torch.randint(0, classes, (n_val,), generator=g)
+    z_loo = None
+    if anchor == "loo":
+        z_loo = z0 + (d.sum(0, keepdim=True) - d) / max(1, n - 1) + 0.1 * torch.randn(n, n_val, classes, generator=g)
+    return LogitSurrogateGame(z0, z0 + d, z_full, y, metric, anchor=anchor, z_loo=z_loo)
+
+
+def surrogate_study(n, n_permutations, reference_factor, seed, n_val, metric="neg_ce", anchor="both"):
+    """Seconds of the surrogate's Shapley values at ``n`` players: the baseline walk (independent
+    antithetic permutations) against the class-major walk with the cyclic design, the same
+    ``n_permutations``; relative L1 error of each against a long run of the cyclic design
+    (``reference_factor`` times the permutations, other seeds)."""
+    game = synthetic_surrogate(n, n_val, anchor=anchor, metric=metric, seed=seed)
+    t0 = time.perf_counter()
+    old = baseline_shapley(game, n_permutations, seed)
+    old_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    new, _ = game.shapley(0, n_permutations, seed)
+    new_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = np.mean([game.shapley(0, n_permutations, 1000 + k)[0] for k in range(reference_factor)], axis=0)
+    ref_s = time.perf_counter() - t0
+    row = {"n": n, "metric": metric, "anchor": anchor, "n_permutations": n_permutations, "old_s": old_s,
+           "new_s": new_s, "speedup": old_s / new_s, "old_err": rel_l1(old, ref), "new_err": rel_l1(new, ref),
+           "reference_permutations": n_permutations * reference_factor, "reference_s": ref_s}
+    print(f"{n:>5}{metric:>9}{anchor:>7}{n_permutations:>7}{old_s:>9.2f}{new_s:>9.2f}{row['speedup']:>9.1f}x"
+          f"{100 * row['old_err']:>9.2f}%{100 * row['new_err']:>9.2f}%{row['reference_permutations']:>10}", flush=True)
+    return row
+
+
+SURROGATE_HEADER = (f"{'n':>5}{'metric':>9}{'anchor':>7}{'perms':>7}{'old s':>9}{'new s':>9}{'old/new':>10}"
+                    f"{'old err':>10}{'new err':>10}{'ref perms':>10}")
+
+
 # ------------------------------------------------------------------------------- main
 
 
@@ -284,6 +403,14 @@ def main(argv=None):
     ap.add_argument("--ridge-grid", type=float, nargs="*", default=[0.01], help="pair_ridge values (default 0.01)")
     ap.add_argument("--scale-evaluators", nargs="+", default=list(SCALE_EVALUATORS), choices=SCALE_EVALUATORS,
                     help="evaluators timed in the scaling table (default all)")
+    ap.add_argument("--surrogate-sizes", type=int, nargs="*", default=[],
+                    help="n for the surrogate-Shapley table: baseline walk vs class-major walk with the cyclic "
+                         "design, seconds and error vs a long run (synthetic logits, 10 classes; e.g. 100 500)")
+    ap.add_argument("--surrogate-permutations", type=int, default=1000, help="permutations per estimate (default 1000)")
+    ap.add_argument("--reference-factor", type=int, default=8,
+                    help="the reference is the mean of this many cyclic runs of --surrogate-permutations (default 8)")
+    ap.add_argument("--surrogate-metrics", nargs="+", default=["neg_ce"], choices=["neg_ce", "accuracy"],
+                    help="metrics of the surrogate-Shapley table (default neg_ce, as scale100)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=str, default=None, help="write all results to this JSON file")
     args = ap.parse_args(argv)
@@ -298,7 +425,16 @@ def main(argv=None):
     print(f"# fedattr scaling benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; small CNN, mnist5k, "
           f"{args.val_size} validation images, Dirichlet(0.5), 1 local epoch")
-    results = {"args": vars(args), "errors": [], "scaling": []}
+    results = {"args": vars(args), "errors": [], "scaling": [], "surrogate": []}
+    if args.surrogate_sizes:
+        print(f"\n## surrogate Shapley at n players (anchor both, {args.val_size} synthetic validation "
+              f"logits, 10 classes): baseline walk + antithetic permutations (old) vs class-major walk + cyclic "
+              f"design (new); errors: relative L1 vs the mean of {args.reference_factor} cyclic runs")
+        print(SURROGATE_HEADER)
+        for n in args.surrogate_sizes:
+            for metric in args.surrogate_metrics:
+                results["surrogate"].append(surrogate_study(n, args.surrogate_permutations, args.reference_factor,
+                                                            args.seed, args.val_size, metric))
     if err_sizes:
         print("\n## error vs exact Shapley (relative L1; '5%' columns: real evaluations to reach 5%, "
               f"mean over {len(seeds)} seeds; '>grid' = not reached)")
