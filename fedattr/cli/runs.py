@@ -8,6 +8,7 @@ failed, so that the three commands agree on what a failed job means.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # the report (and matplotlib) is imported when a command prin
     from fedattr.report import ScenarioSummary, SweepSummary
 
 __all__ = ["finish_run", "print_summary", "print_sweep", "print_failures", "exit_if_failed", "timing_line",
-           "read_meta"]
+           "read_meta", "attribution_cost_lines"]
 
 
 def print_summary(summary: ScenarioSummary) -> None:
@@ -79,6 +80,36 @@ def exit_if_failed(summary: ScenarioSummary | SweepSummary, results_dir: Path) -
         raise typer.Exit(FAILED_JOBS_EXIT)
 
 
+def attribution_cost_lines(results_dir: Path) -> list[str]:
+    """Per evaluator, its seconds over the round's training seconds in rounds 2 onwards (round 1
+    includes the clients' start-up), the mean over jobs and rounds from the round records'
+    ``timings``, with this machine's matmul rate beside it; [] when no round past the first has them."""
+    from fedattr.protocol import RecordError, read_rounds
+
+    ratios: dict[str, list[float]] = {}
+    for path in sorted((results_dir / "jobs").glob("*/rounds.jsonl")):
+        try:
+            rounds = read_rounds(path)
+        except (RecordError, OSError, UnicodeDecodeError):
+            continue
+        for record in rounds:
+            t = record.timings
+            train = t.get("train_s")
+            if record.round < 2 or not isinstance(train, (int, float)) or train <= 0:
+                continue
+            for name, sec in {**(t.get("evaluators_s") or {}), "all evaluators": t.get("attribution_s")}.items():
+                if isinstance(sec, (int, float)):
+                    ratios.setdefault(name, []).append(sec / train)
+    if not ratios:
+        return []
+    from fedattr.report.machine import machine
+
+    parts = ", ".join(f"{name} {sum(r) / len(r):.2f}x" for name, r in ratios.items())
+    rounds = max(len(r) for r in ratios.values())
+    return [f"attribution / training time (rounds 2+, mean over {rounds} job rounds): {parts}",
+            f"{machine().line()}; load average {os.getloadavg()[0]:.1f}"]
+
+
 def timing_line(meta: Mapping[str, Any]) -> str:
     """``wall time X s, start-up Y s (Z%)`` from environment.json or sweep.json."""
     wall, start = meta.get("wall_s"), meta.get("startup_s")
@@ -132,6 +163,9 @@ def finish_run(results_dir: Path, *, json_: bool, no_report: bool,
         print_summary(summary)
         con.print(f"results: {escape(str(results_dir))}")
     con.print(timing_line(meta))
+    if not sweep:
+        for line in attribution_cost_lines(results_dir):
+            con.print(line, markup=False, highlight=False)
     if report_path:
         con.print(f"report: {escape(str(report_path))}")
     exit_if_failed(summary, results_dir)
