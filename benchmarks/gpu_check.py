@@ -9,7 +9,11 @@ download needed) it prints, per precision:
   precision, max |difference| to fp32;
 - whether exact Shapley under that precision ranks the clients as fp32 does (Kendall tau);
 - the surrogate: seconds for its Taylor terms, and its relative L1 error to exact Shapley
-  (neg_ce), for the small CNN.
+  (neg_ce), for the small CNN; the logit surrogate (anchors both and loo) enumerated and
+  sampled with the cyclic design, seconds and error to exact Shapley;
+- the logit surrogate's sampled Shapley values at 100 and 500 players (synthetic logits): the
+  baseline walk against the class-major walk with the cyclic design, and the difference to the
+  CPU's values.
 """
 
 from __future__ import annotations
@@ -153,6 +157,40 @@ def check_surrogate(model, state, states, weights, x_val, y_val, device, modes):
             ev = make_evaluator("surrogate_shapley").fit(g)
         print(f"{mode:<10}{ev.taylor_seconds_:>9.2f}{100 * rel_l1(ev.values_, exact):>16.1f}%"
               f"{kendall_tau(ev.values_, exact):>7.2f}", flush=True)
+    print(f"\n## logit surrogate (neg_ce, fp32) on the cnn round, {n} clients: enumerated and sampled (cyclic design)")
+    print(f"{'anchor':<8}{'max exact':>10}{'seconds':>9}{'rel L1 vs exact':>17}{'tau':>7}")
+    for anchor in ("both", "loo"):
+        for max_exact in (20, 0):
+            g = RoundGame.from_state_dicts(util, state, states, weights=weights)
+            g.cache.prefill(game.cache.items())
+            ev = make_evaluator("logit_surrogate_shapley", anchor=anchor, max_exact_players=max_exact).fit(g, seed=0)
+            print(f"{anchor:<8}{max_exact:>10}{ev.seconds_:>9.2f}{100 * rel_l1(ev.values_, exact):>16.1f}%"
+                  f"{kendall_tau(ev.values_, exact):>7.2f}", flush=True)
+
+
+def check_logit_sampling(device, sizes, n_val, n_permutations=1000):
+    """The logit surrogate's sampled Shapley values at ``sizes`` players on ``device`` (synthetic
+    logits, 10 classes): the baseline walk against the class-major walk with the cyclic design,
+    and the largest difference of the latter to the same computation on the CPU."""
+    from benchmarks.scaling import baseline_shapley, synthetic_surrogate
+
+    print(f"\n## logit surrogate Shapley, sampled ({n_permutations} permutations, anchor both, neg_ce, "
+          f"{n_val} synthetic validation logits)")
+    print(f"{'n':>5}{'old s':>9}{'new s':>9}{'old/new':>9}{'max|new - cpu|':>16}")
+    for n in sizes:
+        game = synthetic_surrogate(n, n_val, device=device)
+        game.shapley(0, 2 * n, 0)  # warm-up: kernels, allocator
+        _sync(device)
+        t = time.perf_counter()
+        baseline_shapley(game, n_permutations, 0)
+        _sync(device)
+        old_s = time.perf_counter() - t
+        t = time.perf_counter()
+        new, _ = game.shapley(0, n_permutations, 0)
+        _sync(device)
+        new_s = time.perf_counter() - t
+        cpu, _ = synthetic_surrogate(n, n_val).shapley(0, n_permutations, 0)
+        print(f"{n:>5}{old_s:>9.2f}{new_s:>9.2f}{old_s / new_s:>8.1f}x{np.abs(new - cpu).max():>16.1e}", flush=True)
 
 
 def main(argv=None):
@@ -163,6 +201,8 @@ def main(argv=None):
     ap.add_argument("--n-val", type=int, default=None, help="validation images (default 1000; quick 32)")
     ap.add_argument("--models", nargs="+", default=None, choices=["cnn", "vgg11"],
                     help="default cnn vgg11; quick cnn")
+    ap.add_argument("--logit-sizes", type=int, nargs="*", default=None,
+                    help="players for the sampled logit-surrogate check (default 100 500; quick 30)")
     ap.add_argument("--precisions", nargs="+", default=None, choices=PRECISIONS,
                     help="default fp32 tf32 bf16 on cuda, fp32 bf16 on cpu")
     args = ap.parse_args(argv)
@@ -182,6 +222,9 @@ def main(argv=None):
         out = check_model(m, n, n_val, device, modes)
         if m == "cnn":
             check_surrogate(*out, device, modes)
+    logit_sizes = args.logit_sizes if args.logit_sizes is not None else ([30] if args.quick else [100, 500])
+    if logit_sizes:
+        check_logit_sampling(device, logit_sizes, 100 if args.quick else 500)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check (sized for under 8 minutes on one GPU; untested on a GPU so far): coalition evaluation of the
 # small CNN and VGG-11 on cuda in fp32, tf32 and bf16 (GFLOP/s vs the measured matmul rate,
-# max difference to fp32, client ranking kept), then the surrogate's Taylor terms on cuda.
+# max difference to fp32, client ranking kept), then the surrogate's Taylor terms on cuda, the logit
+# surrogate (enumerated and sampled with the cyclic design) and its sampled Shapley at 100 and 500 players
+# (old walk vs class-major walk, difference to the CPU).
 # Usage: benchmarks/gpu_check.sh [extra args for benchmarks.gpu_check]
 # Without a GPU it falls back to a tiny CPU run (--device cpu --quick: small CNN, 3 clients,
 # 32 images, fp32), a smoke test only.

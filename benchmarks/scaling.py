@@ -340,9 +340,10 @@ def baseline_shapley(game, n_permutations=1000, seed=0, batch=200):
     return surrogate_shapley_values(game, lambda p: baseline_walk(game, p), 0, n_permutations, seed, batch)[0]
 
 
-def synthetic_surrogate(n, n_val=500, classes=10, anchor="both", metric="neg_ce", seed=0):
+def synthetic_surrogate(n, n_val=500, classes=10, anchor="both", metric="neg_ce", seed=0, device="cpu"):
     """A logit surrogate of the scale100 shape (``n`` clients, ``n_val`` validation images, 10
-    classes) on synthetic logits: a shared drift plus each client's own, no model forward."""
+    classes) on synthetic logits: a shared drift plus each client's own, no model forward; its
+    tensors on ``device``."""
     g = torch.Generator().manual_seed(seed)
     z0 = 2 * torch.randn(n_val, classes, generator=g)
     d = 0.5 * torch.randn(1, n_val, classes, generator=g) + 0.7 * torch.randn(n, n_val, classes, generator=g)
@@ -350,8 +351,10 @@ def synthetic_surrogate(n, n_val=500, classes=10, anchor="both", metric="neg_ce"
     y = torch.randint(0, classes, (n_val,), generator=g)
     z_loo = None
     if anchor == "loo":
-        z_loo = z0 + (d.sum(0, keepdim=True) - d) / max(1, n - 1) + 0.1 * torch.randn(n, n_val, classes, generator=g)
-    return LogitSurrogateGame(z0, z0 + d, z_full, y, metric, anchor=anchor, z_loo=z_loo)
+        z_loo = (z0 + (d.sum(0, keepdim=True) - d) / max(1, n - 1)
+                 + 0.1 * torch.randn(n, n_val, classes, generator=g)).to(device)
+    return LogitSurrogateGame(z0.to(device), (z0 + d).to(device), z_full.to(device), y.to(device), metric,
+                              anchor=anchor, z_loo=z_loo)
 
 
 def surrogate_study(n, n_permutations, reference_factor, seed, n_val, metric="neg_ce", anchor="both"):
