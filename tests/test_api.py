@@ -61,7 +61,8 @@ def test_quick_start_runs_as_written(tmp_path):
     app.mkdir()
     (toml,) = _blocks("toml")
     (code,) = _blocks("python")
-    (command,) = [line for block in _blocks("bash") for line in block.splitlines() if line.startswith("flwr run .")]
+    command = _blocks("bash")[0].strip()  # the quick start's command; later blocks are fedattr's own app
+    assert command.startswith("flwr run .") and "\n" not in command
     (app / "pyproject.toml").write_text(toml)
     (app / "my_app.py").write_text(code)
     out = tmp_path / "results"
