@@ -28,3 +28,15 @@ def test_scaling_benchmark_tiny(tmp_path, capsys):
     assert scale["gtg"] is None and scale["train_s"] > 0
     printed = capsys.readouterr().out
     assert "L-pairs" in printed and "L-pair/tr" in printed
+
+
+def test_scaling_benchmark_surrogate_table(capsys):
+    res = main(["--error-sizes", "--scale-sizes", "--surrogate-sizes", "12", "--surrogate-permutations", "48",
+                "--reference-factor", "3", "--val-size", "40", "--threads", "1", "--surrogate-metrics", "neg_ce",
+                "accuracy"])
+    rows = res["surrogate"]
+    assert [(r["n"], r["metric"]) for r in rows] == [(12, "neg_ce"), (12, "accuracy")]
+    for r in rows:
+        assert r["old_s"] > 0 and r["new_s"] > 0 and r["speedup"] == r["old_s"] / r["new_s"]
+        assert 0 < r["new_err"] < 1 and 0 < r["old_err"] < 2 and r["reference_permutations"] == 144
+    assert "old/new" in capsys.readouterr().out
