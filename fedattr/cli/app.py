@@ -1,9 +1,11 @@
-"""The ``fedattr`` command line (typer + rich): run, sweep, report, train-generator, list, scenario.
+"""The ``fedattr`` command line (typer + rich): run, sweep, report, stats, train-generator, list,
+scenario, deploy.
 
-Errors a user can cause (a bad scenario, a missing file, a ``UserError`` from a launcher) end with
-one red message on stderr and exit status 2, never a traceback. The launcher (and with it torch and
-Flower) is imported only by the commands that need it, so ``--help``, ``scenario`` and ``report``
-start fast.
+Every error ends with one red message on stderr and an exit status, never a traceback: 0 finished,
+1 a run or job failed (or the disk is full), 2 bad input, 130 interrupted
+(:mod:`fedattr.cli.console`). ``run``, ``sweep`` and ``deploy local`` end through
+:func:`fedattr.cli.runs.finish_run`. The launcher (and with it torch and Flower) is imported only
+by the commands that need it, so ``--help``, ``scenario`` and ``report`` start fast.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from fedattr.cli.console import (FAILED_JOBS_EXIT, INTERRUPTED_EXIT, USER_ERROR_
                                  out as _out, print_json as _print_json, rows_table as _rows_table,
                                  user_errors as _user_errors)
 from fedattr.cli.progress import ProgressView
-from fedattr.cli.runs import finish_run, print_summary, print_sweep
+from fedattr.cli.runs import finish_run
 from fedattr.core.errors import UserError
 from fedattr.cli.deploy import deploy_app
-from fedattr.scenario import (Scenario, ScenarioError, dump_resolved, expand_grid, load_scenario,
+from fedattr.scenario import (Scenario, dump_resolved, expand_grid, load_scenario,
                               parse_grid, schema_text, to_toml)
 
 __all__ = ["app", "main", "USER_ERROR_EXIT", "FAILED_JOBS_EXIT", "INTERRUPTED_EXIT"]
