@@ -320,12 +320,18 @@ class ModelUtility:
             raise ValueError(f"unknown metric(s) {unknown or metrics!r}; valid: {', '.join(METRICS)}")
         return self._run(params, metrics)
 
-    def _run(self, params: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _parameter_sets(self, params) -> torch.Tensor:
+        """``params`` as a ``[K, P]`` tensor (one ``[P]`` vector becomes ``K = 1``); any other
+        shape is a ``ValueError``."""
         params = torch.as_tensor(params)
         if params.dim() == 1:
             params = params[None]
         if params.dim() != 2 or params.shape[1] != self.layout.size:
             raise ValueError(f"expected parameter sets of shape [K, {self.layout.size}], got {tuple(params.shape)}")
+        return params
+
+    def _run(self, params: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+        params = self._parameter_sets(params)
         t0 = time.perf_counter()
         params = params.to(self.device, self.layout.dtype)
         out = {m: np.empty(params.shape[0], dtype=np.float64) for m in metrics}
@@ -389,11 +395,7 @@ class ModelUtility:
         validation data in batches of ``batch_size``. Not counted in ``n_calls_``,
         ``n_models_`` or ``seconds_``.
         """
-        params = torch.as_tensor(params)
-        if params.dim() == 1:
-            params = params[None]
-        if params.dim() != 2 or params.shape[1] != self.layout.size:
-            raise ValueError(f"expected parameter sets of shape [K, {self.layout.size}], got {tuple(params.shape)}")
+        params = self._parameter_sets(params)
         params = params.to(self.device, self.layout.dtype)
         with self._threads(), torch.no_grad():
             rows = self.engine_.logits(params, self.max_coalitions_per_call_)
