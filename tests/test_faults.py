@@ -469,3 +469,16 @@ def test_run_into_a_full_disk_exits_1_before_flower_starts(small_disk, tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "no space left on " + str(out) in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (out / "logs").exists()  # Flower never started
+
+
+def test_a_full_disk_at_the_out_dir_check_is_a_failed_run_not_bad_input(tmp_path, monkeypatch):
+    import errno
+
+    from fedattr.scenario.checks import check_out_dir
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(NoSpaceError, match=f"no space left on {tmp_path / 'r'}"):
+        check_out_dir(tmp_path / "r")

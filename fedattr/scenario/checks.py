@@ -321,6 +321,12 @@ def check_out_dir(path: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        import errno
+
+        from fedattr.core.errors import NoSpaceError
+
+        if exc.errno == errno.ENOSPC:  # a full disk is a failed run (exit 1), not bad input
+            raise NoSpaceError(f"no space left on {out}: free some space, then run again") from None
         raise UserError(f"--out {out}: cannot create or write the results directory "
                         f"({exc.strerror or exc})") from None
     return out
