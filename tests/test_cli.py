@@ -496,3 +496,22 @@ def test_run_shows_the_log_and_one_line_per_round(cli, fake_runner, tmp_path):
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith(("log:", "attack__s0 round"))]
     assert lines[0] == "log: /r/logs/flwr.log"
     assert [ln.split("  ")[0] for ln in lines[1:]] == ["attack__s0 round 1/2", "attack__s0 round 2/2"]
+
+
+def test_progress_on_a_terminal_prints_the_same_lines_above_the_bars():
+    import io
+    import re
+
+    from rich.console import Console
+
+    from fedattr.cli.progress import ProgressView
+
+    buf = io.StringIO()
+    with ProgressView(Console(file=buf, force_terminal=True, width=160), clock=_Clock()) as view:
+        assert not view.plain
+        view({"event": "start", "jobs_total": 2, "rounds_total": 6, "log": "/r/[x]/flwr.log"})
+        view(_round(1))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
+    assert "log: /r/[x]/flwr.log\n" in text  # markup-like text printed verbatim
+    assert "attack__s0 round 1/3  acc 0.6000  attacker 0 loo +0.2500 rank 1/4  2.0 s  jobs 0/2  ETA 10s\n" in text
+    assert "attack seed 0 rounds" in text  # the bars are there too
