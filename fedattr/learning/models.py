@@ -55,7 +55,8 @@ class MLP(nn.Module):
     About 235k parameters at 28x28 and 50k at 8x8.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, side: int = 28, hidden: tuple[int, ...] = (256, 128)):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, side: int = 28,
+                 hidden: tuple[int, ...] = (256, 128)):
         super().__init__()
         layers: list[nn.Module] = [_Normalise(), nn.Flatten()]
         width = in_channels * side * side
