@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,12 @@ def test_a_full_disk_names_the_file_keeps_the_old_one_and_leaves_no_temp_file(tm
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["summary.json"]
     atomic_write_text(path, "new")  # space freed: the write goes through
     assert path.read_text() == "new"
+
+
+def test_atomic_write_gives_the_file_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644

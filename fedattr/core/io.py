@@ -38,6 +38,12 @@ def json_safe(obj: Any) -> Any:
     return str(obj)  # anything else (a path, an enum, a detector's object) as its text
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never a torn one.
 
@@ -52,6 +58,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             raise NoSpaceError(f"no space left on {path}") from exc
         raise
     try:
+        # mkstemp creates 0600; results are ordinary files, readable as the umask allows.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
