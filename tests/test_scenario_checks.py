@@ -54,6 +54,8 @@ def test_registries_list_every_kind():
     ({"arms": [{"name": "a", "attack": "label_flp"}]}, "did you mean 'label_flip'"),
     ({"num_clients": 16, "data": {"pool_size": 1600}, "attribution": {"evaluators": [{"name": "shapley"}]}},
      "at most 14 clients"),
+    ({"aggregation": {"strategy": "fedmedian"}, "attribution": {"evaluators": [{"name": "logit_surrogate_shapley"}]}},
+     "attribution.evaluators.0 (logit_surrogate_shapley): needs aggregation.strategy = 'fedavg'"),
 ])
 def test_check_scenario_names_the_field(patch, needle):
     with pytest.raises(UserError) as err:

@@ -203,6 +203,10 @@ def _partition_problems(scenario: Scenario, num_classes: int | None) -> list[str
     return problems
 
 
+#: evaluators whose surrogate game is built from FedAvg's coalition coefficients
+FEDAVG_ONLY_EVALUATORS = frozenset({"surrogate_shapley", "logit_surrogate_shapley", "cv_shapley"})
+
+
 def check_components(scenario: Scenario) -> list[str]:
     """Every problem with the components ``scenario`` names and their parameters, one line each."""
     from fedattr.defenses import validate_detector
@@ -226,6 +230,12 @@ def check_components(scenario: Scenario) -> list[str]:
     agg = scenario.aggregation
     if (why := check_aggregator(agg.strategy, dict(agg.params), n)) is not None:
         problems.append(f"aggregation: {why}")
+    if agg.strategy != "fedavg":
+        # Surrogates expand FedAvg's coefficients: another rule's round game has none to expand.
+        for i, ev in enumerate(scenario.attribution.evaluators):
+            if ev.name in FEDAVG_ONLY_EVALUATORS:
+                problems.append(f"attribution.evaluators.{i} ({ev.name}): needs aggregation.strategy = "
+                                f"'fedavg' (it expands FedAvg's coefficients), got {agg.strategy!r}")
     for i, det in enumerate(scenario.detectors):
         if det.name not in reg["detectors"]:
             problems.append(_unknown(f"detectors.{i}.name", "detector", det.name, reg["detectors"]))
