@@ -192,7 +192,7 @@ def test_pixel_optimisation_raises_probability_and_uses_bn_stats(splits, teacher
 
 def test_registry_names_and_errors():
     assert set(ATTACKS) == {"honest", "noise_floor", "latent", "pixel", "random_real", "targeted_real", "scaling",
-                            "duplication", "free_rider", "label_flip", "overreport"}
+                            "duplication", "free_rider", "label_flip", "overreport", "latent_mixed"}
     assert attack_params("scaling") == {"factor": 3.0}
     assert attack_params("latent")["synthetic_fraction"] == 0.25
     with pytest.raises(UserError, match="choose one of"):
