@@ -152,7 +152,10 @@ def test_valid_components_pass_including_stopping_rules_and_round_game_evaluator
 
     ok = scenario_from_dict({"num_clients": 8, "attribution": {"evaluators": [
         {"name": "gtg", "params": {"stop": {"standard_error": 0.01, "max_evaluations": 300}}},
-        {"name": "surrogate_shapley"}, {"name": "cgsv"}]},
+        {"name": "cgsv"}]},
         "aggregation": {"strategy": "fedtrimmedavg", "params": {"beta": 0.2}},
         "detectors": [{"name": "norm"}, {"name": "foolsgold"}]})
     assert check_components(ok) == []
+    surrogate = scenario_from_dict({"num_clients": 8, "attribution": {"evaluators": [
+        {"name": "surrogate_shapley"}, {"name": "logit_surrogate_shapley"}]}})
+    assert check_components(surrogate) == []
