@@ -36,11 +36,11 @@ def _alive(pid: int) -> bool:
 
 
 def _values(obj):
-    """Everything but wall-clock timings."""
+    """Everything but wall-clock timings and Flower's node ids (random per run)."""
     if isinstance(obj, list):
         return [_values(v) for v in obj]
     if isinstance(obj, dict):
-        return {k: _values(v) for k, v in obj.items() if k != "timings" and not k.endswith("seconds")}
+        return {k: _values(v) for k, v in obj.items() if k not in ("timings", "node_ids") and not k.endswith("seconds")}
     return obj
 
 
