@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedattr.core.errors import UserError
+from fedattr.core.provenance import git_commit
 from fedattr.launch.train_generator import train_generator
 from fedattr.launch.ownership import check_resume, own_results_dir
 from fedattr.launch.simulation import Progress, execute_plan
@@ -38,7 +39,7 @@ def _environment(command: str) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pkgs[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": pkgs,
-            "command": command, "cpu_count": os.cpu_count()}
+            "command": command, "commit": git_commit(Path(__file__).parent), "cpu_count": os.cpu_count()}
 
 
 def _finish_environment(results_dir: Path, env: dict[str, Any], timings: dict[str, float], started: str) -> None:

@@ -16,11 +16,11 @@ The package's layers, each importing only those below it:
 from __future__ import annotations
 
 import shlex
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fedattr.core.errors import UserError
+from fedattr.core.provenance import git_commit
 from fedattr.report.html import markdown_to_html
 from fedattr.report.machine import machine
 from fedattr.report.markdown import scenario_markdown, sweep_markdown
@@ -96,24 +96,14 @@ def write_report(results_dir: str | Path, *, points: bool = True) -> Path:
     return _write(path, md, "fedattr sweep report", summary)
 
 
-def _git_commit(where: Path) -> str:
-    """The commit checked out at ``where`` (``+ local changes`` when the tree differs), or ``unknown``."""
-    try:
-        head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + (" + local changes" if dirty else "")
-
-
 def page_header(results_dir: Path, page: Path, command: str | None) -> list[str]:
     """A results page's provenance lines: date, commit, the command behind the results, the machine."""
-    produced = read_environment(results_dir).command or command or "not recorded"
+    env = read_environment(results_dir)
+    produced = env.command or command or "not recorded"
     return [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
             f"`fedattr report {shlex.quote(str(results_dir))} --to {shlex.quote(str(page))}`",
-            f"- commit {_git_commit(page.parent)}",
+            f"- results produced at commit {env.commit or 'not recorded'}; page written at commit "
+            f"{git_commit(page.parent)}",
             f"- results produced by: `{produced}`",
             f"- {machine().line()} (the machine that wrote this page)", ""]
 

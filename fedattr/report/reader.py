@@ -46,6 +46,7 @@ class Environment(_Meta):
     platform: str | None = None
     packages: dict[str, str | None] = {}
     command: str | None = None
+    commit: str | None = None
     cpu_count: int | None = None
     started: str | None = None
     finished: str | None = None
