@@ -17,7 +17,13 @@ of its value minus the value its honest update would have had in the same round 
 inflation left as a fraction of exact Shapley's (paired by seed: the sum over seeds of the
 evaluator's inflation over the sum of Shapley's, and the per-seed ratios' median), the Kendall
 tau of the benign clients' cumulative values in the attack arm against plain Shapley's in the
-honest arm (same seed), and the cost (distinct utility evaluations and seconds per round).
+honest arm (same seed), and the cost (distinct utility evaluations and seconds per round); the
+share of Shapley's inflation an evaluator removes (1 - left) with a bootstrap interval over seeds.
+
+Table 3 (``--holder DIR``: a run of ``scenarios/defenses_holder.toml``, where one benign client
+really holds the withheld classes and the attacker is honest), per evaluator: the share of the
+genuine holder's plain-Shapley cumulative value that the evaluator keeps, per seed, mean ± 95% CI.
+A defence that removes the inflation by punishing whoever covers rare classes fails here.
 """
 
 from __future__ import annotations
@@ -153,6 +159,48 @@ def mitigation_table(res) -> dict[str, dict[str, Any]]:
     return out
 
 
+def removed_ci(res, ev: str, confidence: float = 0.95, draws: int = 2000) -> tuple[float, float, float]:
+    """Share of plain Shapley's counterfactual inflation that ``ev`` removes, ``1 - sum(ev)/sum(plain)``
+    over seeds paired in the latent-attack arm, with a bootstrap percentile interval over seeds."""
+    arm = _arm_of(res, "latent")
+    att = res.attacker_ids[0] if res.attacker_ids else None
+    if arm is None or att is None:
+        return math.nan, math.nan, math.nan
+    pairs = [(j.counterfactual_inflation(ev).get(att, math.nan), j.counterfactual_inflation(PLAIN).get(att, math.nan))
+             for j in _finished(res, arm)]
+    pairs = np.array([p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])], dtype=float).reshape(-1, 2)
+    if len(pairs) == 0 or pairs[:, 1].sum() == 0:
+        return math.nan, math.nan, math.nan
+    point = 1.0 - pairs[:, 0].sum() / pairs[:, 1].sum()
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(pairs), size=(draws, len(pairs)))
+    num, den = pairs[idx, 0].sum(1), pairs[idx, 1].sum(1)
+    boot = 1.0 - num[den != 0] / den[den != 0]
+    if boot.size == 0:
+        return point, math.nan, math.nan
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return point, float(lo), float(hi)
+
+
+def holder_table(res) -> dict[str, Any]:
+    """``{evaluator: MeanCI}``: per seed, the genuine holder's cumulative value under the evaluator
+    over its cumulative plain-Shapley value, in every finished job of the holder run."""
+    holder = res.scenario.partition.genuine_holder
+    if holder is None:
+        raise ValueError(f"{res.path}: its scenario has no partition.genuine_holder")
+    jobs = [j for arm in res.arms for j in _finished(res, arm)]
+    out = {}
+    for ev in res.evaluators:
+        kept = []
+        for job in jobs:
+            plain = job.cumulative(PLAIN).get(str(holder), math.nan)
+            mine = job.cumulative(ev).get(str(holder), math.nan)
+            if math.isfinite(plain) and plain != 0 and math.isfinite(mine):
+                kept.append(mine / plain)
+        out[ev] = mean_ci(kept)
+    return out
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
@@ -173,12 +221,24 @@ def render(res) -> str:
            "tau own = vs the same evaluator's honest arm; honest tau = all clients, vs shapley, in the honest arm; "
            "cost per round in the honest arm):", ""]
     md.append(_table(
-        ["evaluator", "inflation", "left (sum)", "left (median)", "benign tau", "tau own", "honest tau", "evals/round",
-         "s/round"],
+        ["evaluator", "inflation", "left (sum)", "left (median)", "removed [95% bootstrap]", "benign tau", "tau own",
+         "honest tau", "evals/round", "s/round"],
         [[ev, fmt_ci(r["inflation"]), fmt_num(r["left"], signed=False), fmt_num(r["left_median"], signed=False),
+          _fmt_removed(removed_ci(res, ev)),
           fmt_ci(r["tau"]), fmt_ci(r["tau_own"]), fmt_ci(r["honest_tau"]), f"{r['evals']:.0f}" if math.isfinite(r["evals"]) else "—",
           f"{r['seconds']:.2f}" if math.isfinite(r["seconds"]) else "—"] for ev, r in mit.items()]))
     return "\n".join(md)
+
+
+def _fmt_removed(r: tuple[float, float, float]) -> str:
+    return "—" if not math.isfinite(r[0]) else f"{r[0]:+.3f} [{r[1]:+.3f}, {r[2]:+.3f}]"
+
+
+def render_holder(res) -> str:
+    rows = holder_table(res)
+    return "\n".join([f"Genuine holder (client {res.scenario.partition.genuine_holder}, {res.path}): share of its "
+                      f"plain-{PLAIN} cumulative value each evaluator keeps, mean ± 95% CI over seeds:", "",
+                      _table(["evaluator", "holder's value kept"], [[ev, fmt_ci(ci, signed=False)] for ev, ci in rows.items()])])
 
 
 def as_json(res) -> dict[str, Any]:
@@ -199,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="results directory of the run (default: results/defenses_claim)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="scenario override, as in `fedattr run --set`; repeatable")
+    ap.add_argument("--holder", type=Path, metavar="DIR",
+                    help="also print the genuine-holder table of this results directory (scenarios/defenses_holder.toml)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = ap.parse_args(argv)
     results = args.results
@@ -220,12 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        holder = load_results(args.holder) if args.holder else None
+        holder_rows = holder_table(holder) if holder is not None else None
+    except (UserError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         out = as_json(res)
         out["wall_s"] = wall
+        out["removed"] = {ev: removed_ci(res, ev) for ev in res.evaluators}
+        if holder_rows is not None:
+            out["holder_kept"] = {ev: ci.as_dict() for ev, ci in holder_rows.items()}
         print(json.dumps(out, indent=1))
     else:
         print(render(res))
+        if holder is not None:
+            print("\n" + render_holder(holder))
         if wall is not None:
             print(f"\nwall time of the run: {wall:.0f} s")
     return 0

@@ -45,3 +45,33 @@ def test_the_table_of_a_study_and_its_honest_arm_in_another_directory(tmp_path, 
     assert main(["--results", str(attack), str(honest)]) == 0
     assert "Mitigations on the latent-attack arm" in capsys.readouterr().out
     assert main(["--results", str(attack), str(RUN)]) == 2  # the attack arm twice
+
+
+def test_removed_share_is_one_minus_left_with_an_interval_around_it():
+    from benchmarks.defenses import removed_ci
+
+    res = load_results(RUN)
+    table = mitigation_table(res)
+    assert removed_ci(res, "shapley") == pytest.approx((0.0, 0.0, 0.0))
+    point, lo, hi = removed_ci(res, "loo")
+    assert point == pytest.approx(1.0 - table["loo"]["left"])
+    assert lo <= point <= hi
+
+
+def test_holder_table_is_the_holders_value_under_each_evaluator_over_plain_shapley(tmp_path, capsys):
+    from benchmarks.defenses import holder_table
+
+    root = Path(shutil.copytree(RUN, tmp_path / "holder"))
+    with pytest.raises(ValueError, match="genuine_holder"):
+        holder_table(load_results(root))
+    sc = json.loads((root / "scenario.json").read_text())
+    sc["partition"].update(genuine_holder=1, withhold_classes=[8, 9])
+    (root / "scenario.json").write_text(json.dumps(sc))
+    res = load_results(root)
+    kept = holder_table(res)
+    assert kept["shapley"].mean == pytest.approx(1.0)
+    jobs = [j for arm in res.arms for j in res.runs(arm) if j.finished]
+    ratios = [j.cumulative("loo")["1"] / j.cumulative("shapley")["1"] for j in jobs]
+    assert kept["loo"].mean == pytest.approx(sum(ratios) / len(ratios))
+    assert main(["--results", str(RUN), "--holder", str(root)]) == 0
+    assert "Genuine holder (client 1" in capsys.readouterr().out
