@@ -24,8 +24,8 @@ from fedattr.results.store import read_json, read_jsonl
 
 TINY = project_root() / "tests" / "compose" / "tiny.toml"
 FEDATTR = str(Path(sys.executable).parent / "fedattr")
-#: longer than a healthy deployment round on a busy 2-core machine
-ROUND_TIMEOUT_S = 240
+#: longer than a healthy deployment round of the tiny scenario on a 2-core machine running the suite
+ROUND_TIMEOUT_S = 120
 
 
 def _alive(pid: int) -> bool:
@@ -101,6 +101,7 @@ def test_a_killed_supernode_fails_the_job_when_every_client_is_required(tmp_path
 def test_a_killed_supernode_is_recorded_missing_and_the_run_finishes_with_a_lower_min_clients(tmp_path):
     proc, text, after_kill, job, _ = _kill_a_node_after_round_1(tmp_path, "--set", "runtime.min_clients=2")
     assert proc.returncode == 0, text[-3000:]
+    assert "supernode-2 (benign) exited" in text
     rounds = read_jsonl(job / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert rounds[0]["clients"] == [0, 1, 2] and rounds[0]["missing"] == 0
