@@ -4,8 +4,9 @@ Usage: python scripts/compare_rounds.py RESULTS_A RESULTS_B
 
 Every job of A must exist in B with as many rounds; every field of every round record must be
 equal (JSON values, so floats compare bit for bit), except wall-clock timings (``timings`` and
-any ``*_seconds``), Flower's node ids (random per run) and fields present in only one of the two
-(a newer schema's additions, listed). Exit status 0 when equal, 1 when not, 2 on bad input.
+any ``*_seconds``), cache hits (``*_cached``: whether a generator was trained or loaded), Flower's
+node ids (random per run) and fields present in only one of the two (a newer schema's additions,
+listed). Exit status 0 when equal, 1 when not, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def _strip(obj):
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in IGNORED and not k.endswith("_seconds")}
+        return {k: _strip(v) for k, v in obj.items() if k not in IGNORED and not k.endswith(("_seconds", "_cached"))}
     return obj
 
 

@@ -9,18 +9,16 @@ the attacker holds. The alignment term is differentiated through the gradient (d
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fedattr.attacks._util import seeded
 from fedattr.attacks.objective import (
-    frozen_copy, gradient_cosine, proxy_gradient, target_probability, total_variation,
+    after_diagnostics, batch_alignment, descend, frozen_copy, proxy_gradient, target_probability,
 )
 
 
@@ -31,13 +29,6 @@ class SyntheticBatch:
     x: torch.Tensor
     y: torch.Tensor
     diagnostics: dict[str, float] = field(default_factory=dict)
-
-
-def batch_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g_val: torch.Tensor | None) -> float:
-    """cos(grad_w CE(model(x), y), g_val) as a float; NaN without a proxy gradient or data."""
-    if g_val is None or len(y) == 0:
-        return math.nan
-    return float(gradient_cosine(model, x, y, g_val, create_graph=False))
 
 
 @dataclass
@@ -94,30 +85,14 @@ class LatentOptimiser:
                 "teacher_prob_before": float(target_probability(teacher, x0, y).mean()),
                 "alignment_before": batch_alignment(model, x0, y, g_val),
             }
-            for _ in range(self.steps):
-                x = decode(z)
-                loss = F.cross_entropy(teacher(x), y) + self.lambda_z * z.pow(2).sum(1).mean()
-                if self.lambda_tv:
-                    loss = loss + self.lambda_tv * total_variation(x)
-                if self.lambda_align and g_val is not None:
-                    loss = loss - self.lambda_align * gradient_cosine(model, x, y, g_val, create_graph=True)
-                (grad,) = torch.autograd.grad(loss, [z])
-                opt.zero_grad(set_to_none=True)
-                z.grad = grad
-                opt.step()
+            descend(z, opt, decode, teacher, y, self.steps, model=model, g_val=g_val, lambda_tv=self.lambda_tv,
+                    lambda_align=self.lambda_align, before_tv=lambda z, x: self.lambda_z * z.pow(2).sum(1).mean())
         with torch.no_grad():
             x = decode(z.detach())
-            p_after = target_probability(teacher, x, y)
-            confident = float((teacher(x).argmax(1) == y).float().mean())
-            global_prob = float(target_probability(model, x, y).mean())
         diagnostics = {
             **before,
-            "teacher_prob_after": float(p_after.mean()),
-            "teacher_confident_fraction": confident,
-            "global_prob_after": global_prob,
-            "alignment_after": batch_alignment(model, x, y, g_val),
+            **after_diagnostics(teacher, model, x, y, g_val),
             "z_sq_norm_per_dim": float(z.detach().pow(2).mean()),
-            "tv_after": float(total_variation(x)),
             "optimisation_steps": float(self.steps),
             "optimisation_seconds": time.perf_counter() - start,
         }

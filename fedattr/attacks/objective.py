@@ -8,6 +8,8 @@ aligns its synthetic batch's gradient with a class-balanced proxy validation los
 from __future__ import annotations
 
 import copy
+import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -74,3 +76,63 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def target_probability(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example probability that ``model`` gives to the label ``y``."""
     return F.softmax(model(x), 1).gather(1, y[:, None]).squeeze(1)
+
+
+def batch_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g_val: torch.Tensor | None) -> float:
+    """cos(grad_w CE(model(x), y), g_val) as a float; NaN without a proxy gradient or data."""
+    if g_val is None or len(y) == 0:
+        return math.nan
+    return float(gradient_cosine(model, x, y, g_val, create_graph=False))
+
+
+def descend(
+    param: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    render: Callable[[torch.Tensor], torch.Tensor],
+    teacher: nn.Module,
+    y: torch.Tensor,
+    steps: int,
+    *,
+    model: nn.Module,
+    g_val: torch.Tensor | None,
+    lambda_tv: float,
+    lambda_align: float,
+    before_tv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    after_tv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> None:
+    """``steps`` optimiser steps on ``param`` (latent codes or pixel logits) rendered to images.
+
+    The objective is CE(teacher(x), y) [+ before_tv(param, x)] + lambda_tv TV(x)
+    [+ after_tv(param, x)] - lambda_align cos(grad_w L(x, y), g_val); the terms are added in this
+    order, so an attack's images do not depend on which attack's code path built the loss.
+    """
+    for _ in range(steps):
+        x = render(param)
+        loss = F.cross_entropy(teacher(x), y)
+        if before_tv is not None:
+            loss = loss + before_tv(param, x)
+        if lambda_tv:
+            loss = loss + lambda_tv * total_variation(x)
+        if after_tv is not None:
+            loss = loss + after_tv(param, x)
+        if lambda_align and g_val is not None:
+            loss = loss - lambda_align * gradient_cosine(model, x, y, g_val, create_graph=True)
+        (grad,) = torch.autograd.grad(loss, [param])
+        opt.zero_grad(set_to_none=True)
+        param.grad = grad
+        opt.step()
+
+
+@torch.no_grad()
+def _teacher_scores(teacher: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    return {"teacher_prob_after": float(target_probability(teacher, x, y).mean()),
+            "teacher_confident_fraction": float((teacher(x).argmax(1) == y).float().mean()),
+            "global_prob_after": float(target_probability(model, x, y).mean())}
+
+
+def after_diagnostics(teacher: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      g_val: torch.Tensor | None) -> dict[str, float]:
+    """What the optimised images achieve: the teacher's and the global model's probability of the
+    target class, the teacher's confident share, the gradient alignment and the images' TV."""
+    return {**_teacher_scores(teacher, model, x, y), "alignment_after": batch_alignment(model, x, y, g_val),
+            "tv_after": float(total_variation(x))}

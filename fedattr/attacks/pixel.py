@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fedattr.attacks._util import seeded
-from fedattr.attacks.latent import SyntheticBatch, batch_alignment
+from fedattr.attacks.latent import SyntheticBatch
 from fedattr.attacks.objective import (
-    frozen_copy, gradient_cosine, proxy_gradient, target_probability, total_variation,
+    after_diagnostics, batch_alignment, descend, frozen_copy, proxy_gradient, target_probability,
 )
 
 
@@ -119,35 +118,17 @@ class PixelOptimiser:
                 "alignment_before": batch_alignment(model, x0, y, g_val),
                 "bn_loss_before": bn_before,
             }
-            for _ in range(self.steps):
-                x = torch.sigmoid(u)
-                loss = F.cross_entropy(teacher(x), y)
-                if self.lambda_tv:
-                    loss = loss + self.lambda_tv * total_variation(x)
-                if use_bn:
-                    loss = loss + self.lambda_bn * prior.loss(x)
-                if self.lambda_align and g_val is not None:
-                    loss = loss - self.lambda_align * gradient_cosine(model, x, y, g_val, create_graph=True)
-                (grad,) = torch.autograd.grad(loss, [u])
-                opt.zero_grad(set_to_none=True)
-                u.grad = grad
-                opt.step()
+            descend(u, opt, torch.sigmoid, teacher, y, self.steps, model=model, g_val=g_val,
+                    lambda_tv=self.lambda_tv, lambda_align=self.lambda_align,
+                    after_tv=(lambda u, x: self.lambda_bn * prior.loss(x)) if use_bn else None)
             x = torch.sigmoid(u.detach())
             with torch.no_grad():
                 bn_after = float(prior.loss(x)) if prior.layers else math.nan
-        with torch.no_grad():
-            p_after = target_probability(teacher, x, y)
-            confident = float((teacher(x).argmax(1) == y).float().mean())
-            global_prob = float(target_probability(model, x, y).mean())
         diagnostics = {
             **before,
-            "teacher_prob_after": float(p_after.mean()),
-            "teacher_confident_fraction": confident,
-            "global_prob_after": global_prob,
-            "alignment_after": batch_alignment(model, x, y, g_val),
+            **after_diagnostics(teacher, model, x, y, g_val),
             "bn_layers": float(prior.layers),
             "bn_loss_after": bn_after,
-            "tv_after": float(total_variation(x)),
             "optimisation_steps": float(self.steps),
             "optimisation_seconds": time.perf_counter() - start,
         }
