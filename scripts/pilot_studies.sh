@@ -18,9 +18,19 @@ run() {  # scenario, results dir, extra args...
 
 run scenarios/defenses_new.toml "$OUT/defenses_pilot" --set attack.generator_seed=0
 run scenarios/defenses_holder.toml "$OUT/defenses_holder_pilot"
-"$BIN/python" -m benchmarks.defenses --results "$OUT/defenses_pilot" --holder "$OUT/defenses_holder_pilot"
+TABLES=(-m benchmarks.defenses --results "$OUT/defenses_pilot" --holder "$OUT/defenses_holder_pilot")
+{
+    echo "# Defences pilot: mitigations, the adaptive attacker and the genuine holder"
+    echo
+    echo "- generated $(date -u +%Y-%m-%dT%H:%M:%SZ) by \`python ${TABLES[*]}\` (scripts/pilot_studies.sh)"
+    echo "- commit $(git rev-parse --short=12 HEAD); machine: $(nproc) CPUs"
+    echo "- scenarios/defenses_new.toml and defenses_holder.toml at demo size: ${SMALL[*]}"
+    echo
+    "$BIN/python" "${TABLES[@]}"
+} > docs/results/defenses_pilot_tables.md
+cat docs/results/defenses_pilot_tables.md
 "$BIN/fedattr" report "$OUT/defenses_pilot" --to docs/results/defenses_pilot.md > /dev/null
-for cell in dataset aggregator_fedmedian model_mlp; do
+for cell in dataset model_mlp model_resnet aggregator_fedmedian aggregator_fedtrimmedavg aggregator_multikrum; do
     run "scenarios/breadth_$cell.toml" "$OUT/breadth_${cell}_pilot" --set attack.generator_seed=0
     "$BIN/fedattr" report "$OUT/breadth_${cell}_pilot" --to "docs/results/breadth_${cell}_pilot.md" > /dev/null
 done
