@@ -28,14 +28,16 @@ A round with fewer than ``min_clients`` connected nodes or valid replies raises
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -49,6 +51,26 @@ from fedattr.strategies.weights import DEFAULT_MAX_RATIO, WeightPolicy
 
 #: What a record holds when the caller gives no ``job_info``.
 DEFAULT_JOB_INFO = {"arm": "run", "seed": 0, "attacker_ids": []}
+
+
+def keep_dtypes(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> ArrayRecord:
+    """``arrays`` with every array in the dtype of the same key in ``reference`` (the model sent).
+
+    Flower's averaging strategies return integer buffers (BatchNorm's ``num_batches_tracked``) as
+    floats; sent back as such, the next round's honest replies (integers again) would no longer
+    match the global model. Integer arrays are rounded, then cast; arrays already in their dtype
+    are kept as they are.
+    """
+    if all(arr.numpy().dtype == reference[k].dtype for k, arr in arrays.items() if k in reference):
+        return arrays
+    out = OrderedDict()
+    for key, arr in arrays.items():
+        values = arr.numpy()
+        want = reference[key].dtype if key in reference else values.dtype
+        if values.dtype != want:
+            values = np.asarray(np.rint(values) if np.issubdtype(want, np.integer) else values).astype(want)
+        out[key] = Array(values)
+    return ArrayRecord(out)
 
 
 class RoundFailure(RuntimeError):
@@ -312,6 +334,7 @@ class AttributedStrategy(Strategy):
         if arrays is None:
             self._fail(server_round, screened.rejected, [p for p, _ in kept], missing_partitions,
                        f"the wrapped strategy aggregated nothing from {len(kept)} valid replies", record)
+        arrays = keep_dtypes(arrays, reference)
         states = {p: r.state for p, r in kept_replies.items()}
         weights = {p: float(r.num_examples) for p, r in kept_replies.items()}
         counterfactuals = {p: r.counterfactual_state for p, r in kept_replies.items()
