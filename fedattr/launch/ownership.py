@@ -28,8 +28,7 @@ from typing import Any, Iterator
 
 from fedattr.core.errors import NoSpaceError, UserError
 from fedattr.launch.processes import end_tagged_processes
-
-LOCK_NAME = ".fedattr.lock"
+from fedattr.results.store import LOCK_NAME
 
 #: scenario keys that do not change a result: a resume may differ in them
 IGNORED_KEYS = ("output_dir", "description")

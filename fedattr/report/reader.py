@@ -25,14 +25,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fedattr.core.errors import DamagedResultsError, UserError
 from fedattr.protocol import JobSummary, RoundRecord
 from fedattr.report.stats import as_float, ranks
-from fedattr.results.store import load_job
+from fedattr.results.store import LOCK_NAME, load_job
 from fedattr.scenario import HONEST_ATTACK, Scenario, ScenarioError, scenario_from_dict
 
 __all__ = ["Environment", "SweepPoint", "SweepMeta", "JobResult", "ScenarioResults", "load_results",
            "merge_results", "pid_key", "is_sweep", "sweep_meta", "read_scenario", "read_environment", "held_by_live_run", "round_inflation"]
 
-#: the run lock a live run holds on its results directory (fedattr.launch.ownership)
-LOCK_NAME = ".fedattr.lock"
 
 
 class _Meta(BaseModel):

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 from fedattr.core.io import atomic_write_bytes, atomic_write_text, json_safe
 
+#: the lock a live run holds on its results directory (taken by fedattr.launch.ownership)
+LOCK_NAME = ".fedattr.lock"
+
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (non-finite floats become null)."""
@@ -65,31 +68,7 @@ class JobState:
 
 def job_state(job_dir: str | Path) -> JobState:
     """Validate ``rounds.jsonl`` and ``summary.json`` of one job directory; never raises for bad files."""
-    from fedattr.protocol import RecordError, read_rounds, read_summary
-
-    job_dir = Path(job_dir)
-    rounds_path, summary_path = job_dir / "rounds.jsonl", job_dir / "summary.json"
-    try:
-        rounds = read_rounds(rounds_path)
-    except (RecordError, OSError, UnicodeDecodeError) as exc:
-        return JobState("damaged", 0, f"{exc}" if str(rounds_path) in str(exc) else f"{rounds_path}: {exc}")
-    if not summary_path.exists():
-        return JobState("partial" if rounds else "absent", len(rounds))
-    try:
-        summary = read_summary(summary_path)
-    except (RecordError, OSError, UnicodeDecodeError) as exc:
-        return JobState("damaged", len(rounds), f"{exc}" if str(summary_path) in str(exc) else f"{summary_path}: {exc}")
-    numbers = [r.round for r in rounds]
-    if summary.rounds_recorded != len(rounds) or numbers != sorted(set(numbers)) or \
-            (summary.status == "finished" and numbers != list(range(1, len(rounds) + 1))):
-        return JobState("damaged", len(rounds),
-                        f"{summary_path} says {summary.rounds_recorded} rounds were recorded but {rounds_path} holds "
-                        f"rounds {numbers}; delete {job_dir} and re-run to redo the job")
-    if summary.status == "finished" and summary.rounds_recorded != summary.rounds:
-        return JobState("damaged", len(rounds),
-                        f"{summary_path} says finished after {summary.rounds_recorded} of {summary.rounds} rounds; "
-                        f"delete {job_dir} and re-run to redo the job")
-    return JobState(summary.status, len(rounds), summary.failure_reason)
+    return load_job(job_dir).state
 
 
 class JobRecorder:
@@ -142,8 +121,8 @@ class StoredJob:
 def load_job(job_dir: str | Path) -> StoredJob:
     """Parse ``rounds.jsonl`` and ``summary.json`` of one job once and validate them together.
 
-    The same checks as :func:`job_state` (whose ``status`` equals ``load_job(d).state.status``),
-    returning the parsed records as well; never raises for bad files.
+    A damaged file, rounds that disagree with the summary, or a finished summary short of its
+    rounds give state ``damaged`` with the reason; never raises for bad files.
     """
     from fedattr.protocol import RecordError, read_rounds, read_summary
 
