@@ -158,6 +158,13 @@ def test_resume_refuses_other_settings_and_lists_the_keys(tmp_path):
 
 def test_scenario_differences_reports_added_and_removed_keys():
     assert scenario_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 0}) == ["b.c", "d"]
+
+
+def test_more_seeds_extend_a_study_fewer_or_other_seeds_do_not():
+    assert scenario_differences({"seeds": [0, 1]}, {"seeds": [0, 1, 2, 3]}) == []
+    assert scenario_differences({"seeds": [0, 1, 2]}, {"seeds": [0, 1]}) == ["seeds"]
+    assert scenario_differences({"seeds": [0, 1]}, {"seeds": [2, 3]}) == ["seeds"]
+    assert scenario_differences({"x": {"seeds": [0]}}, {"x": {"seeds": [0, 1]}}) == ["x.seeds"]
     assert scenario_differences({"arms": [{"n": 1}]}, {"arms": [{"n": 2}]}) == ["arms"]
 
 

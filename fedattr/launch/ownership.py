@@ -114,10 +114,17 @@ def scenario_differences(stored: Any, new: Any, prefix: str = "") -> list[str]:
                 continue
             if key not in stored or key not in new:
                 out.append(dotted)
+            elif dotted == "seeds" and _extends(stored[key], new[key]):
+                continue  # more seeds extend a study: the finished jobs stay valid
             else:
                 out += scenario_differences(stored[key], new[key], dotted + ".")
         return out
     return [] if stored == new else [prefix.rstrip(".") or "(scenario)"]
+
+
+def _extends(stored: Any, new: Any) -> bool:
+    """``new`` holds every seed of ``stored`` (and maybe more)."""
+    return isinstance(stored, list) and isinstance(new, list) and set(stored) <= set(new)
 
 
 def _has_results(results_dir: Path) -> bool:
