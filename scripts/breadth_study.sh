@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-results}
-CELLS=${CELLS:-dataset model_mlp aggregator_fedmedian aggregator_fedtrimmedavg aggregator_multikrum model_resnet}
+CELLS=${CELLS:-claim dataset model_mlp aggregator_fedmedian aggregator_fedtrimmedavg aggregator_multikrum model_resnet}
 extra=()
 [ -n "${SEEDS:-}" ] && extra=(--set "seeds=$SEEDS")
 for cell in $CELLS; do
