@@ -25,16 +25,26 @@ def report(results_dir: Annotated[Path, _DIR],
                "--to", metavar="PAGE.md",
                help="Write a generated results page (e.g. docs/results/claim.md, plots in docs/results/claim/) "
                     "instead of the report files in the results directory.")] = None,
-           json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
+           json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+           breadth: Annotated[bool, typer.Option(
+               "--breadth", help="Read RESULTS_DIR and MORE_DIRS as the breadth study's cells and write one "
+                                 "page (needs --to): per-cell tables, the cheap estimators' error, the verdicts.")] = False,
+           more_dirs: Annotated[Optional[list[Path]], typer.Argument(
+               help="Further cell results directories (with --breadth only).", show_default=False)] = None) -> None:
     """(Re)write report.md, a self-contained report.html, stats.json and plots of a results directory.
 
     Unfinished jobs (values of the last round reached), failed jobs and a directory held by a
     live run are flagged here and in report.md.
 
     Example: fedattr report results/demo --to docs/results/demo.md
+
+    Breadth study: fedattr report --breadth results/breadth_claim results/breadth_dataset ... --to docs/results/breadth.md
     """
     from fedattr.report import STATS_JSON, summarize, write_page, write_report
 
+    if breadth or more_dirs:
+        _breadth_page(results_dir, more_dirs or [], to, breadth)
+        return
     if to is not None:
         path = write_page(results_dir, to, command="fedattr " + shlex.join(sys.argv[1:]))
     else:
@@ -50,6 +60,18 @@ def report(results_dir: Annotated[Path, _DIR],
     out().print(f"report: {escape(str(path))}")
     if to is None:
         out().print(f"statistics: {escape(str(Path(results_dir) / STATS_JSON))}")
+
+
+def _breadth_page(first: Path, more: list[Path], to: Optional[Path], breadth: bool) -> None:
+    """``report --breadth``: the breadth study's page from its cell directories."""
+    from fedattr.report.breadth import write_breadth_page
+
+    if not breadth:
+        raise UserError(f"several results directories ({first}, {more[0]}, ...) are read only with --breadth")
+    if to is None:
+        raise UserError("--breadth writes one page: name it with --to PAGE.md (e.g. docs/results/breadth.md)")
+    path = write_breadth_page([first, *more], to, command="fedattr " + shlex.join(sys.argv[1:]))
+    out().print(f"report: {escape(str(path))}")
 
 
 @user_errors
