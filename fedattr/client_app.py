@@ -12,13 +12,13 @@ extended) from the job's attacker partition ids.
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedattr.attacker_app import attacker_train
 from fedattr.learning.data import label_histogram
 from fedattr.learning.models import resolve_device
-from fedattr.protocol import ARRAYS, JobSpec, NodeSettings, make_reply
+from fedattr.protocol import ARRAYS, CLIENT, PARTITION_ID, JobSpec, NodeSettings, make_reply
 from fedattr.learning.task import Job
 from fedattr.learning.training import train_local
 
@@ -65,3 +65,10 @@ def train(msg: Message, context: Context) -> Message:
     content = make_reply(state, num_examples=n, train_loss=loss, partition_id=node.partition_id, role=role,
                          label_histogram=hist)
     return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The node's partition id, for a server that samples clients by partition (a claim, as in a reply)."""
+    node = NodeSettings.from_node_config(dict(context.node_config))
+    return Message(content=RecordDict({CLIENT: ConfigRecord({PARTITION_ID: node.partition_id})}), reply_to=msg)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedattr.core.env import cache_dir_override, data_dir_override, default_cache_dir
-from fedattr.scenario.schema import AggregationSpec, AttributionSpec, DataSpec, DetectorSpec, PartitionSpec, TrainSpec
+from fedattr.scenario.schema import (AggregationSpec, AttributionSpec, DataSpec, DetectorSpec, PartitionSpec,
+                                     SamplingSpec, TrainSpec)
 
 if TYPE_CHECKING:  # pragma: no cover
     from flwr.app import RecordDict
@@ -157,6 +158,8 @@ class PlanEntry(_Model):
     round_timeout_s: float | None = None
     #: Where the ServerApp finds the data (the scenario's ``data.data_dir``); clients use their own.
     server_data_dir: str | None = None
+    #: Which clients train each round (the scenario's ``[sampling]``; default every client).
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
 
 
 class Plan(_Model):

@@ -246,9 +246,13 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
     splits = job.splits()
     device = resolve_device(os.environ.get("FEDATTR_DEVICE") or job.spec.device)
     n = int(job.spec.num_clients)
-    min_clients = entry.min_clients or n
-    strategy, rule = build_aggregator(entry.aggregation.strategy, dict(entry.aggregation.params), n,
-                                      min_nodes=min_clients)
+    sampling = entry.sampling
+    # With sampling, a round needs by default every client it sampled to reply.
+    min_clients = entry.min_clients or sampling.sample_size(n)
+    strategy, rule = build_aggregator(
+        entry.aggregation.strategy, dict(entry.aggregation.params), n, min_nodes=min_clients,
+        sampling={"fraction_train": sampling.fraction_train, "min_train_nodes": sampling.min_train_nodes or 2,
+                  "min_available_nodes": sampling.min_available_nodes or n} if sampling.active else None)
     seed_everything(job.seed)
     model = job.build_model()
     initial = ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -280,6 +284,7 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
         min_clients=min_clients, num_partitions=n,
         round_timeout_s=float(entry.round_timeout_s or node_wait_s),
         max_weight_ratio=entry.aggregation.max_weight_ratio,
+        sample_seed=job.seed if sampling.active else None,
     )
     recorder.start()
     wait_for_nodes(grid, n, node_wait_s)
@@ -308,6 +313,7 @@ def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | No
         attacker_ids=job.attacker_ids, initial_test=initial_test,
         final_test=dict(final) if final is not None else None,
         cumulative=totals.cumulative, cumulative_normalised=totals.normalised, ranks=totals.ranks(),
+        cumulative_per_participation=totals.per_participation, participations=totals.participations,
         counterfactual_inflation=totals.inflation, rejected=attributed.rejected,
         rejected_count=len(attributed.rejected), missing_count=attributed.missing_total,
         failed_round=attributed.failure.record.model_dump(mode="json") if attributed.failure else None,

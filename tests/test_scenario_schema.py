@@ -107,7 +107,7 @@ BAD = [
     ("bad literal", '[partition]\nkind = "shards"\n', ["partition.kind", "'shards'", "dirichlet"]),
     ("attacker id too big", "attacker_ids = [10]\n", ["attacker_ids", "[10]", "0..9"]),
     ("attacker id duplicate", "attacker_ids = [1, 1]\n", ["attacker_ids", "unique"]),
-    ("too many clients", "num_clients = 257\n", ["num_clients", "257", "256"]),
+    ("too many clients", "num_clients = 10001\n", ["num_clients", "10001", "10000"]),
     ("duplicate arm names", '[[arms]]\nname = "x"\n[[arms]]\nname = "x"\n',
      ["arms", "duplicate arm name 'x'"]),
     ("arm without name", '[[arms]]\nattack = "latent"\n', ["arms.0.name", "required"]),

@@ -21,6 +21,9 @@ class CumulativeValues:
       all-zero round adds 0).
     - ``ema_[p]`` (when ``ema_alpha`` is set): ``r <- ema_alpha * r + (1 - ema_alpha) * value``,
       starting from 0, as CGSV's reputation.
+    - ``per_participation_[p]``: ``total_[p]`` divided by ``rounds_present_[p]`` (the rounds ``p``
+      took part in). With client sampling the total is what a client earned over the run, and
+      the value per participation its contribution rate: fair between clients sampled unevenly.
 
     Parameters
     ----------
@@ -31,7 +34,9 @@ class CumulativeValues:
     ----------
     total_, normalised_, ema_ : dict
     rounds_present_ : dict
-        Rounds in which each player had a value.
+        Rounds in which each player had a value (its participation count).
+    per_participation_ : dict
+        ``total_[p] / rounds_present_[p]``.
     n_rounds_ : int
         Rounds added.
     history_ : list of dict
@@ -73,6 +78,11 @@ class CumulativeValues:
         return self.update(evaluator.players_, evaluator.values_)
 
     @property
+    def per_participation_(self) -> dict:
+        """Each player's total divided by the number of rounds it took part in."""
+        return {p: self.total_[p] / self.rounds_present_[p] for p in self.total_}
+
+    @property
     def players_(self) -> list:
         """Every player seen, sorted when the ids are comparable."""
         try:
@@ -81,8 +91,10 @@ class CumulativeValues:
             return list(self.total_)
 
     def as_array(self, kind: str = "total", players: Sequence | None = None) -> np.ndarray:
-        """Values of ``kind`` (``total``, ``normalised`` or ``ema``) for ``players`` (default all; 0 if unseen)."""
-        table = {"total": self.total_, "normalised": self.normalised_, "ema": self.ema_}
+        """Values of ``kind`` (``total``, ``normalised``, ``ema`` or ``per_participation``) for ``players``
+        (default all; 0 if unseen)."""
+        table = {"total": self.total_, "normalised": self.normalised_, "ema": self.ema_,
+                 "per_participation": self.per_participation_}
         if kind not in table:
             raise ValueError(f"kind must be one of {sorted(table)}, got {kind!r}")
         players = self.players_ if players is None else list(players)

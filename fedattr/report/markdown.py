@@ -14,7 +14,8 @@ from fedattr.report.detectors import detector_markdown
 from fedattr.report.reader import Environment, ScenarioResults, SweepMeta
 from fedattr.report.render import md_table
 from fedattr.report.stats import PairedStats, fmt_ci, fmt_num, fmt_p, mean_ci, min_wilcoxon_p
-from fedattr.report.summary import (ScenarioSummary, SweepSummary, failure_rows, reached_label, unfinished_rows)
+from fedattr.report.summary import (SAMPLING_NOTE, ScenarioSummary, SweepSummary, failure_rows, participations,
+                                    per_participation, reached_label, unfinished_rows)
 from fedattr.scenario import HONEST_ATTACK, to_toml
 
 __all__ = ["scenario_markdown", "sweep_markdown", "status_lines", "settings_rows", "wilcoxon_floor_note"]
@@ -99,6 +100,41 @@ def _result_section(summary: ScenarioSummary) -> list[str]:
     md += md_table(["arm", "evaluator", "attacker", "inflation"] + _PAIRED_HEADERS, rows)
     note = wilcoxon_floor_note(len(summary.seeds))
     return md + ([note, ""] if note else [])
+
+
+def _sampling_section(res: ScenarioResults, summary: ScenarioSummary) -> list[str]:
+    """Client sampling: participation counts, and the clients highest by total and per participation."""
+    sc = res.scenario
+    md = ["## Client sampling", "",
+          f"Each round sampled {sc.sampling.sample_size(sc.num_clients)} of {sc.num_clients} clients "
+          f"(fraction_train = {sc.sampling.fraction_train:g}); each round's game had only its sampled clients as "
+          "players. Cumulative values are given as totals and per participation. " + SAMPLING_NOTE, ""]
+    rows = []
+    for arm in res.arms:
+        for ev in res.evaluators:
+            for job in res.runs(arm):
+                counts = participations(job, ev)
+                if not counts:
+                    continue
+                totals, rates = job.cumulative(ev), per_participation(job, ev)
+                top_total = max(totals, key=lambda p: totals[p]) if totals else None
+                top_rate = max(rates, key=lambda p: rates[p]) if rates else None
+                n = list(counts.values())
+                rows.append([arm, ev, job.seed, len(counts), f"{min(n)} / {sum(n) / len(n):.2f} / {max(n)}",
+                             "—" if top_total is None else f"{top_total} ({fmt_num(totals[top_total])}, "
+                             f"{counts.get(top_total, 0)} rounds)",
+                             "—" if top_rate is None else f"{top_rate} ({fmt_num(rates[top_rate])}, "
+                             f"{counts.get(top_rate, 0)} rounds)"])
+    md += md_table(["arm", "evaluator", "seed", "clients scored", "participations min / mean / max",
+                    "highest total", "highest per participation"], rows) if rows else ["No scored round.", ""]
+    if res.attacker_ids:
+        md += ["Attackers: rounds taken part in and cumulative value per participation (mean over seeds).", ""]
+        md += md_table(["attacker", "arm", "evaluator", "rounds", "per participation"],
+                       [[pid, arm, ev, fmt_num(st.participations.mean, False) if st.participations else "—",
+                         fmt_ci(st.per_participation) if st.per_participation else "—"]
+                        for pid in res.attacker_ids for arm in res.arms for ev in res.evaluators
+                        for st in [summary.attacker[arm][ev][pid]]])
+    return md
 
 
 def _environment_lines(env: Environment) -> list[str]:
@@ -196,6 +232,9 @@ def scenario_markdown(res: ScenarioResults, summary: ScenarioSummary, plots: Seq
                    [[pid, arm, ev, fmt_ci(st.value), fmt_ci(st.normalised), fmt_ci(st.rank, signed=False)]
                     for pid in res.attacker_ids for arm in res.arms for ev in res.evaluators
                     for st in [summary.attacker[arm][ev][pid]]])
+
+    if summary.sampled:
+        md += _sampling_section(res, summary)
 
     md += ["## Arm against arm", "", "Counterfactual inflation of the row arm minus that of the column arm, "
            "paired by seed: does the attack beat its controls?", ""]

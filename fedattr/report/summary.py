@@ -9,7 +9,9 @@ Quantities, per evaluator and attacker client (partition id), over seeds:
 - paired inflation: its cumulative value in an arm minus in the honest arm, same seed, with
   the same statistics;
 - Kendall tau: agreement of the benign clients' cumulative-value ranking between the honest arm
-  and an arm, same seed (1 = ranking unchanged).
+  and an arm, same seed (1 = ranking unchanged);
+- participation (client sampling): the rounds each client was sampled and scored in, and its
+  cumulative value per participation (the total divided by that count).
 
 Unbounded quantities get a t interval; ranks, Kendall tau and accuracy a bootstrap interval
 inside their range (:mod:`fedattr.report.stats`). Unfinished jobs count with their last round
@@ -32,7 +34,14 @@ from fedattr.scenario import HONEST_ATTACK
 
 __all__ = ["AttackerStats", "CappedWeight", "JobCounts", "UnfinishedJob", "Failure", "ScenarioSummary", "PointSummary",
            "SweepSummary", "summarize", "scenario_summary", "summary_rows", "failure_rows", "client_rows",
-           "unfinished_rows", "plain", "paired_values", "kendall_values", "reached_label"]
+           "unfinished_rows", "plain", "paired_values", "kendall_values", "reached_label", "participations",
+           "per_participation", "is_sampled", "SAMPLING_NOTE"]
+
+#: Which cumulative value to read when clients are sampled (the report prints it).
+SAMPLING_NOTE = ("Read the total to know what a client earned over the run: it grows with the rounds the client "
+                 "was sampled in. Read the value per participation (the total divided by the rounds it took part "
+                 "in) for its contribution rate: it compares clients fairly when sampling picked some more often "
+                 "than others.")
 
 
 def plain(obj: Any) -> Any:
@@ -59,6 +68,9 @@ class AttackerStats:
     rank: MeanCI
     counterfactual_inflation: PairedStats
     paired_inflation: PairedStats
+    #: Rounds the attacker took part in, and its cumulative value per participation.
+    participations: MeanCI | None = None
+    per_participation: MeanCI | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,8 @@ class ScenarioSummary:
     kendall_tau: dict[str, dict[str, MeanCI]]
     claim: list[ClaimRow]
     capped_weights: list[CappedWeight] = field(default_factory=list)
+    #: Whether rounds sampled their clients (participation counts and per-participation values apply).
+    sampled: bool = False
     kind: Literal["scenario"] = "scenario"
 
     @property
@@ -211,6 +225,30 @@ def kendall_values(res: ScenarioResults, arm: str, ev: str) -> list[float]:
     return taus
 
 
+def participations(job: Any, ev: str) -> dict[str, int]:
+    """Rounds in which each client had a value of ``ev`` (was sampled, replied and was scored)."""
+    counts: dict[str, int] = {}
+    for rec in job.rounds:
+        for pid, v in (rec.values.get(ev) or {}).items():
+            if v is not None:
+                counts[str(pid)] = counts.get(str(pid), 0) + 1
+    return counts
+
+
+def per_participation(job: Any, ev: str) -> dict[str, float]:
+    """Each client's cumulative value of ``ev`` divided by its participation count."""
+    counts = participations(job, ev)
+    return {pid: v / counts[pid] for pid, v in job.cumulative(ev).items() if counts.get(pid)}
+
+
+def is_sampled(res: ScenarioResults) -> bool:
+    """Whether the scenario samples clients (``[sampling]``) or its records name sampled clients."""
+    spec = getattr(res.scenario, "sampling", None)
+    if spec is not None and spec.active:
+        return True
+    return any("sampled" in (rec.model_extra or {}) for job in res.jobs.values() for rec in job.rounds[:1])
+
+
 def _failures(res: ScenarioResults) -> list[Failure]:
     """Every failure of every job, one entry per (arm, seed, partition id, reason) with its rounds."""
     grouped: dict[tuple, Failure] = {}
@@ -274,6 +312,8 @@ def scenario_summary(res: ScenarioResults) -> ScenarioSummary:
                     j.counterfactual_inflation(ev).get(pid) for j in runs) if is_attack else paired_stats([]),
                 paired_inflation=paired_stats(v for _, v in paired_values(
                     res, arm, lambda j, ev=ev, pid=pid: j.cumulative(ev).get(pid, math.nan))),
+                participations=mean_ci(participations(j, ev).get(pid, 0) for j in runs),
+                per_participation=mean_ci(per_participation(j, ev).get(pid) for j in runs),
             ) for pid in res.attacker_ids}
             if arm != res.honest_arm:
                 taus[arm][ev] = bounded_ci(kendall_values(res, arm, ev))
@@ -289,7 +329,8 @@ def scenario_summary(res: ScenarioResults) -> ScenarioSummary:
         final_accuracy={arm: bounded_ci(j.final_accuracy() for j in res.runs(arm)) for arm in res.arms},
         accuracy_delta={arm: paired_stats(v for _, v in paired_values(res, arm, lambda j: j.final_accuracy()))
                         for arm in res.arms},
-        attacker=attacker, kendall_tau=taus, claim=claim_table(res), capped_weights=_capped_weights(res))
+        attacker=attacker, kendall_tau=taus, claim=claim_table(res), capped_weights=_capped_weights(res),
+        sampled=is_sampled(res))
 
 
 def summarize(results_dir: str | Path) -> ScenarioSummary | SweepSummary:
@@ -366,10 +407,14 @@ def summary_rows(summary: ScenarioSummary) -> tuple[list[str], list[list[str]]]:
 def client_rows(results: ScenarioResults | str | Path) -> tuple[list[str], list[list[str]]]:
     """Per client: examples, then each arm's cumulative value per evaluator (mean over seeds).
 
-    ``*`` marks attackers. This is the per-client attribution table ``fedattr run`` prints.
+    ``*`` marks attackers. This is the per-client attribution table ``fedattr run`` prints. With
+    client sampling, each arm also gets the client's participation count and each evaluator its
+    value per participation (means over seeds).
     """
     res = results if isinstance(results, ScenarioResults) else load_results(results)
     headers = ["client", "examples"] + [f"{arm} {ev}" for arm in res.arms for ev in res.evaluators]
+    if is_sampled(res):
+        return _sampled_client_rows(res, headers)
     first = next(iter(res.jobs.values()), None)
     hists = first.label_histograms() if first else {}
     rows = []
@@ -377,6 +422,24 @@ def client_rows(results: ScenarioResults | str | Path) -> tuple[list[str], list[
         row = [f"{pid}{'*' if pid in res.attacker_ids else ''}",
                str(int(sum(hists[pid]))) if pid in hists else "—"]
         row += [fmt_num(mean_ci(j.cumulative(ev).get(pid, math.nan) for j in res.runs(arm)).mean)
+                for arm in res.arms for ev in res.evaluators]
+        rows.append(row)
+    return headers, rows
+
+
+def _sampled_client_rows(res: ScenarioResults, headers: list[str]) -> tuple[list[str], list[list[str]]]:
+    """:func:`client_rows` with participation counts and per-participation values."""
+    ev0 = res.evaluators[0] if res.evaluators else None
+    headers = ["client"] + [f"{arm} rounds" for arm in res.arms] + headers[2:] + [
+        f"{arm} {ev} per part." for arm in res.arms for ev in res.evaluators]
+    rows = []
+    for pid in res.clients():
+        row = [f"{pid}{'*' if pid in res.attacker_ids else ''}"]
+        row += [f"{mean_ci(participations(j, ev0).get(pid, 0) for j in res.runs(arm)).mean:g}"
+                if ev0 else "—" for arm in res.arms]
+        row += [fmt_num(mean_ci(j.cumulative(ev).get(pid, math.nan) for j in res.runs(arm)).mean)
+                for arm in res.arms for ev in res.evaluators]
+        row += [fmt_num(mean_ci(per_participation(j, ev).get(pid, math.nan) for j in res.runs(arm)).mean)
                 for arm in res.arms for ev in res.evaluators]
         rows.append(row)
     return headers, rows

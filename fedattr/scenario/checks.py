@@ -23,7 +23,7 @@ from fedattr.core.errors import UserError
 from fedattr.core.registry import did_you_mean
 from fedattr.scenario.schema import Scenario
 
-__all__ = ["registries", "check_evaluator", "check_components", "check_scenario",
+__all__ = ["registries", "check_evaluator", "check_components", "check_scenario", "sampling_problems",
            "check_resources", "check_data", "check_out_dir"]
 
 
@@ -236,6 +236,7 @@ def check_components(scenario: Scenario) -> list[str]:
             if ev.name in FEDAVG_ONLY_EVALUATORS:
                 problems.append(f"attribution.evaluators.{i} ({ev.name}): needs aggregation.strategy = "
                                 f"'fedavg' (it expands FedAvg's coefficients), got {agg.strategy!r}")
+    problems += sampling_problems(scenario)
     for i, det in enumerate(scenario.detectors):
         if det.name not in reg["detectors"]:
             problems.append(_unknown(f"detectors.{i}.name", "detector", det.name, reg["detectors"]))
@@ -244,6 +245,31 @@ def check_components(scenario: Scenario) -> list[str]:
             validate_detector(det.name, dict(det.params), n)
         except Exception as exc:  # noqa: BLE001
             problems.append(f"detectors.{i} ({det.name}): {exc}")
+    return problems
+
+
+def sampling_problems(scenario: Scenario) -> list[str]:
+    """[sampling] against num_clients, runtime.min_clients and the aggregator's needs."""
+    from fedattr.strategies.aggregators import check_aggregator
+
+    s, n = scenario.sampling, scenario.num_clients
+    problems = [f"sampling.{key} = {value}: must be <= num_clients ({n})"
+                for key, value in (("min_train_nodes", s.min_train_nodes), ("min_available_nodes", s.min_available_nodes))
+                if value is not None and value > n]
+    if problems or not s.active:
+        return problems
+    k = s.sample_size(n)
+    if k < 2:
+        problems.append(f"sampling.fraction_train = {s.fraction_train:g}: samples {k} of {n} clients a round; a "
+                        f"round game needs at least 2 (raise fraction_train or set min_train_nodes)")
+    mc = scenario.runtime.min_clients
+    if mc is not None and mc > k:
+        problems.append(f"runtime.min_clients = {mc}: a round samples only {k} clients "
+                        f"(sampling.fraction_train = {s.fraction_train:g} of {n}); set it <= {k}")
+    agg = scenario.aggregation
+    if k >= 2 and check_aggregator(agg.strategy, dict(agg.params), n) is None and \
+            (why := check_aggregator(agg.strategy, dict(agg.params), k)) is not None:
+        problems.append(f"aggregation with {k} sampled clients a round: {why}")
     return problems
 
 

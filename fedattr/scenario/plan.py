@@ -50,6 +50,7 @@ def plan_entry(scenario: Scenario, arm: ArmSpec, seed: int, *, job_dir: str | Pa
         min_clients=scenario.runtime.min_clients,
         round_timeout_s=scenario.runtime.round_timeout_s,
         server_data_dir=scenario.data.data_dir,
+        sampling=scenario.sampling,
     )
 
 

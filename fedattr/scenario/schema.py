@@ -26,6 +26,7 @@ __all__ = [
     "AggregationSpec",
     "DetectorSpec",
     "RuntimeSpec",
+    "SamplingSpec",
     "Scenario",
     "HONEST_ATTACK",
 ]
@@ -254,6 +255,34 @@ class RuntimeSpec(_Spec):
                                           "None = wait for every node")
 
 
+class SamplingSpec(_Spec):
+    """[sampling]: which clients train each round, by Flower's own sampling (cross-device).
+
+    The keys are the wrapped Flower strategy's (``FedAvg(fraction_train=..., min_train_nodes=...,
+    min_available_nodes=...)``): a round samples max(int(fraction_train x connected nodes),
+    min_train_nodes) clients. The sample is a function of the run seed and the round over the
+    partition ids (reproducible although Flower's node ids change from run to run).
+    """
+
+    fraction_train: float = Field(1.0, gt=0, le=1, description="share of the clients sampled to "
+                                  "train each round; 1 = every client (no sampling)")
+    min_train_nodes: int | None = Field(None, ge=1, description="at least this many clients train "
+                                        "each round; None = Flower's default (2)")
+    min_available_nodes: int | None = Field(None, ge=1, description="nodes that must be connected "
+                                            "before a round samples; None = num_clients")
+
+    @property
+    def active(self) -> bool:
+        """Whether rounds sample (fewer than every client trains)."""
+        return self.fraction_train < 1
+
+    def sample_size(self, num_clients: int) -> int:
+        """Clients a round samples when all ``num_clients`` nodes are connected (Flower's rule)."""
+        if not self.active:
+            return int(num_clients)
+        return min(int(num_clients), max(int(num_clients * self.fraction_train), self.min_train_nodes or 2))
+
+
 class Scenario(_Spec):
     """A whole experiment: arms compared over seeds on identical data, partitions and training."""
 
@@ -263,7 +292,7 @@ class Scenario(_Spec):
     description: str = Field("", description="free text shown in the report")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="run seeds; "
                              "every arm runs once per seed; non-empty, unique, >= 0")
-    num_clients: int = Field(10, ge=2, le=256, description="number of clients (partitions)")
+    num_clients: int = Field(10, ge=2, le=10000, description="number of clients (partitions)")
     attacker_ids: list[int] = Field(default_factory=lambda: [0], description="partition ids of the "
                                     "attacking clients; each in 0..num_clients-1, unique; may be "
                                     "empty")
@@ -282,6 +311,8 @@ class Scenario(_Spec):
     detectors: list[DetectorSpec] = Field(default_factory=list, description="per-round detectors; "
                                           "names unique")
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="runtime and resources")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="client sampling per "
+                                   "round (default: every client trains every round)")
     output_dir: str = Field("results", min_length=1, description="where result directories are "
                             "created; a relative path is relative to the current working directory")
 

@@ -90,17 +90,19 @@ def check_aggregator(name: str, params: dict[str, Any], num_clients: int) -> str
 
 
 def build_aggregator(name: str, params: dict[str, Any], num_clients: int,
-                     min_nodes: int | None = None) -> tuple[Strategy, Any]:
+                     min_nodes: int | None = None, sampling: dict[str, Any] | None = None) -> tuple[Strategy, Any]:
     """The Flower strategy (every connected node trains every round) and its coalition rule.
 
     ``min_nodes`` (default ``num_clients``) is how many nodes a round needs connected to start,
-    so that a federation that lost a node can go on when the scenario allows it.
+    so that a federation that lost a node can go on when the scenario allows it. ``sampling``
+    (``fraction_train``, ``min_train_nodes``, ``min_available_nodes``) replaces those defaults:
+    the strategy then samples its clients each round.
     """
     problem = check_aggregator(name, params, num_clients)
     if problem:
         raise ValueError(f"aggregation: {problem}")
     entry = AGGREGATORS[name]
     m = num_clients if min_nodes is None else int(min_nodes)
-    strategy = entry.strategy(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=m,
-                              min_available_nodes=m, **params)
+    nodes = {"fraction_train": 1.0, "min_train_nodes": m, "min_available_nodes": m, **(sampling or {})}
+    strategy = entry.strategy(fraction_evaluate=0.0, **nodes, **params)
     return strategy, entry.rule(dict(params))

@@ -9,7 +9,8 @@ wraps another one instead of subclassing it; the wrapped strategy aggregates, un
 One round is a chain of steps, each a small object or function:
 
 0. sample  (``configure_train``): wait at most ``round_timeout_s`` for the expected nodes, then
-   go on with those connected (the wrapped strategy samples among them);
+   go on with those connected (the wrapped strategy samples among them; with ``sample_seed``,
+   over the nodes in partition order under a per-round seed, so the sample is reproducible);
 1. screen  (``screen.screen_replies``): reject and record replies that cannot be aggregated or
    whose identity is refused (``identity.IdentityBinder``); cap the claimed example counts
    (``weights.WeightPolicy``); strip testbed-only records;
@@ -27,6 +28,7 @@ A round with fewer than ``min_clients`` connected nodes or valid replies raises
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -37,12 +39,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedattr.protocol import RoundRecord
+from fedattr.protocol import RoundRecord, client_identity
 from fedattr.strategies.detect import DetectorStep
 from fedattr.strategies.identity import IdentityBinder
 from fedattr.strategies.scoring import AttributionTotals, RoundScorer
@@ -132,6 +134,13 @@ class AttributedStrategy(Strategy):
     max_weight_ratio : float or None
         A reply's example count is capped at this many times the round's median claim
         (default 4); None: no cap.
+    sample_seed : int, optional
+        Make the wrapped strategy's client sampling (``fraction_train`` < 1) a function of
+        (``sample_seed``, round) over the partition ids: before round 1 a ``query`` message asks
+        every unbound node for its partition (its claim, bound like a reply's), then each round
+        the strategy samples from the nodes in partition order with Python's ``random`` seeded
+        by (``sample_seed``, round). Each round's game is over the sampled clients that replied,
+        and only they count as missing when they do not. None: the strategy samples as it does.
 
     Attributes
     ----------
@@ -171,7 +180,7 @@ class AttributedStrategy(Strategy):
                  detectors: DetectorStep | None = None, job_info: dict[str, Any] | None = None,
                  min_clients: int = 1, num_partitions: int | None = None,
                  node_partitions: dict[int, int] | None = None, round_timeout_s: float | None = None,
-                 max_weight_ratio: float | None = DEFAULT_MAX_RATIO):
+                 max_weight_ratio: float | None = DEFAULT_MAX_RATIO, sample_seed: int | None = None):
         super().__init__()
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
@@ -193,6 +202,7 @@ class AttributedStrategy(Strategy):
         self.min_clients = int(min_clients)
         self.num_partitions = None if num_partitions is None else int(num_partitions)
         self.round_timeout_s = None if round_timeout_s is None else float(round_timeout_s)
+        self.sample_seed = None if sample_seed is None else int(sample_seed)
         self.weights = WeightPolicy(max_weight_ratio)
         self.identities = IdentityBinder(self.num_partitions, node_partitions)
         self.totals = AttributionTotals()
@@ -202,6 +212,7 @@ class AttributedStrategy(Strategy):
         self.failure: RoundFailure | None = None
         self._global: ArrayRecord | None = None
         self._sent: list[Message] = []
+        self._sampled: list[int] | None = None
         self._round_start = time.perf_counter()
         self._recorder = None
         self._evaluated: tuple[ArrayRecord, dict[str, float]] | None = None
@@ -255,6 +266,7 @@ class AttributedStrategy(Strategy):
             arm=str(self.job_info["arm"]), seed=int(self.job_info["seed"]), rounds=int(num_rounds),
             rounds_recorded=len(self.rounds_), attacker_ids=list(self.job_info.get("attacker_ids") or []),
             initial_test=initial, final_test=last, cumulative=self.totals.cumulative,
+            cumulative_per_participation=self.totals.per_participation, participations=self.totals.participations,
             cumulative_normalised=self.totals.normalised, ranks=self.totals.ranks(),
             counterfactual_inflation=self.totals.inflation, rejected=self.rejected,
             rejected_count=len(self.rejected), missing_count=self.missing_total,
@@ -269,7 +281,10 @@ class AttributedStrategy(Strategy):
         self._global = arrays
         self._round_start = time.perf_counter()
         self._evaluated = None
-        if self.round_timeout_s is None:
+        self._sampled = None
+        if self.sample_seed is not None:
+            messages = self._configure_sampled(server_round, arrays, config, grid)
+        elif self.round_timeout_s is None:
             messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         else:
             nodes = wait_for_nodes(grid, self._expected_nodes(), self.round_timeout_s)
@@ -282,6 +297,48 @@ class AttributedStrategy(Strategy):
         # Flower gives each message its id when it sends it: read them in aggregate_train.
         self._sent = messages
         return messages
+
+    def _configure_sampled(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> list[Message]:
+        """The wrapped strategy's sample, drawn from the nodes in partition order under a per-round seed."""
+        timeout = float("inf") if self.round_timeout_s is None else self.round_timeout_s
+        nodes = wait_for_nodes(grid, self._expected_nodes(), timeout)
+        if len(nodes) < self.min_clients:
+            self._fail(server_round, [], [], self._missing(set(), []),
+                       f"{len(nodes)} nodes connected after waiting {timeout:.0f} s, fewer than "
+                       f"min_clients = {self.min_clients}")
+        unbound = [n for n in nodes if self.identities.partition_of(n) is None]
+        if unbound:
+            self._ask_partitions(grid, unbound)
+        # Flower's node ids are random per run: ordered by partition, the seeded sample picks the
+        # same partitions in every run (nodes that did not say theirs come last, by node id).
+        bound = sorted((n for n in nodes if self.identities.partition_of(n) is not None),
+                       key=self.identities.partition_of)
+        ordered = bound + sorted(n for n in nodes if self.identities.partition_of(n) is None)
+        with _minimums_at_most(self.strategy, len(ordered)), _seeded_random(self.sample_seed, server_round):
+            messages = list(self.strategy.configure_train(server_round, arrays, config, _Nodes(grid, ordered)))
+        self._sampled = sorted(p for p in (self.identities.partition_of(int(m.metadata.dst_node_id))
+                                           for m in messages) if p is not None)
+        log(INFO, "Round %s: %d sampled clients (partitions %s)", server_round, len(messages), self._sampled)
+        return messages
+
+    def _ask_partitions(self, grid: Grid, nodes: list[int]) -> None:
+        """Bind ``nodes`` to the partitions they claim in reply to a ``query`` (claims decided as replies' are)."""
+        timeout = self.round_timeout_s or 600.0
+        queries = [Message(content=RecordDict({}), dst_node_id=int(n), message_type=MessageType.QUERY) for n in nodes]
+        replies = list(grid.send_and_receive(queries, timeout=timeout))
+        claims = []
+        for reply in replies:
+            if reply.has_error():
+                continue
+            pid, _ = client_identity(reply.content)
+            if pid is not None:
+                claims.append((int(reply.metadata.src_node_id), pid))
+        accepted, refused = self.identities.resolve(claims)
+        for node, pid in accepted.items():
+            self.identities.bind(node, pid)
+        log(INFO, "Asked %d nodes for their partition: %d bound, %d refused, %d without an answer", len(nodes),
+            len(accepted), len(refused), len(nodes) - len(claims))
 
     def _expected_nodes(self) -> int:
         if self.num_partitions is not None:
@@ -296,7 +353,8 @@ class AttributedStrategy(Strategy):
         t_train = time.perf_counter() - self._round_start
         replies = list(replies)
         reference = {k: v.numpy() for k, v in self._global.items()}
-        expected_before = self.identities.expected()
+        # With sampling, a round expects only the partitions it sampled.
+        expected_before = self.identities.expected() if self._sampled is None else set(self._sampled)
         senders = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self._sent if m.metadata.message_id}
         screened = screen_replies(replies, reference, self.weighted_by_key, identities=self.identities,
                                   weights=self.weights, senders=senders)
@@ -324,6 +382,8 @@ class AttributedStrategy(Strategy):
             "roles": {p: r.role for p, r in kept_replies.items()},
             "claimed_num_examples": {p: r.claimed_num_examples for p, r in kept_replies.items()},
         }
+        if self._sampled is not None:
+            record["sampled"] = list(self._sampled)
         if len(kept) < self.min_clients:
             self._fail(server_round, screened.rejected, [p for p, _ in kept], missing_partitions,
                        f"{len(kept)} valid replies, fewer than min_clients = {self.min_clients} "
@@ -445,6 +505,17 @@ class _Nodes:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+@contextmanager
+def _seeded_random(seed: int, server_round: int):
+    """Python's ``random`` (Flower's sampler) seeded by (seed, round) for one call, then restored."""
+    saved = random.getstate()
+    random.seed(f"fedattr-sample:{int(seed)}:{int(server_round)}")
+    try:
+        yield
+    finally:
+        random.setstate(saved)
 
 
 @contextmanager

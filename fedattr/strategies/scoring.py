@@ -193,6 +193,16 @@ class AttributionTotals:
     def normalised(self) -> dict[str, dict[int, float]]:
         return {ev: dict(c.normalised_) for ev, c in self.per_evaluator.items()}
 
+    @property
+    def per_participation(self) -> dict[str, dict[int, float]]:
+        """Per evaluator: each client's cumulative value divided by the rounds it took part in."""
+        return {ev: dict(c.per_participation_) for ev, c in self.per_evaluator.items()}
+
+    @property
+    def participations(self) -> dict[str, dict[int, int]]:
+        """Per evaluator: the rounds in which each client had a value (was sampled and scored)."""
+        return {ev: dict(c.rounds_present_) for ev, c in self.per_evaluator.items()}
+
     def ranks(self) -> dict[str, dict[int, int]]:
         """Rank of every client by cumulative value, per evaluator (1 = highest)."""
         return {ev: ranks(vals) for ev, vals in self.cumulative.items()}
