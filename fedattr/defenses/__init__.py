@@ -12,6 +12,7 @@ from fedattr.core.registry import Registry
 from fedattr.evaluators import EVALUATORS
 
 from . import cosine, flame, fltrust, foolsgold, krum, norm  # detector modules: each registers in DETECTORS
+from . import footprint  # the generator-footprint detector (and its scoring rule, registered below)
 from .base import (
     DETECTORS,
     Detector,
@@ -37,6 +38,6 @@ def register_scoring_rules(registry: Registry = EVALUATORS) -> Registry:
     register_robust_scorers(registry)
     from . import large_coalition, reference_player  # the footprint-designed scoring rules (issue 23)
 
-    for name, cls in {**reference_player.SCORERS, **large_coalition.SCORERS}.items():
+    for name, cls in {**reference_player.SCORERS, **large_coalition.SCORERS, **footprint.SCORERS}.items():
         registry.register(name, cls)
     return registry
