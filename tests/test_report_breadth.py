@@ -277,3 +277,12 @@ def test_cli_breadth_writes_the_page_and_a_missing_dir_is_one_error(cells, tmp_p
     assert several.exit_code == 2 and "--breadth" in several.output
     with pytest.raises(UserError):
         load_cells([])
+
+
+def test_without_a_reference_cell_factors_are_named_against_the_claim_regime(cells, tmp_path):
+    found, reference = load_cells([cells["mlp"], cells["short"]])
+    assert reference is None
+    assert [(c.factor, c.value, c.other) for c in found] == [("model", "mlp", []), ("aggregator", "fedmedian", [])]
+    md = write_breadth_page([cells["mlp"]], tmp_path / "p.md").read_text()
+    # the mlp cell inflates, but "across models" needs the claim regime itself too
+    assert "| across models | **not settled** |" in md and "**No reference cell**" in md

@@ -3,15 +3,14 @@
 ``fedattr report --breadth CELL_DIR [CELL_DIR ...] --to docs/results/breadth.md`` calls
 :func:`write_breadth_page`. The numbers come from :mod:`~fedattr.report.breadth_stats`; this module
 only lays them out. The reference cell is the one whose scenario is named ``*claim`` (the claim
-regime); without one, each cell's factor is named against the most common value of every setting
-over the cells given, and the clauses that need the reference stay not settled.
+regime); without one, each cell's factor is named against :data:`CLAIM_REGIME` (its other
+differences are then unknown), and the clauses that need the reference stay not settled.
 """
 
 from __future__ import annotations
 
 import math
 import shlex
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +26,10 @@ from fedattr.report.stats import MeanCI, PairedStats, fmt_num, fmt_p
 from fedattr.results.store import atomic_write_text
 from fedattr.scenario import dump_resolved
 
-__all__ = ["load_cells", "breadth_markdown", "write_breadth_page"]
+__all__ = ["CLAIM_REGIME", "load_cells", "breadth_markdown", "write_breadth_page"]
+
+#: the claim regime's factors: what a cell's factor is named against when no reference cell is given
+CLAIM_REGIME = {"data.dataset": "mnist5k", "model": "cnn", "aggregation.strategy": "fedavg"}
 
 
 def _is_reference(cell: Cell) -> bool:
@@ -47,14 +49,16 @@ def load_cells(dirs: Sequence[str | Path]) -> tuple[list[Cell], Cell | None]:
     cells = [load_cell(d) for d in dirs]
     flat = {id(c): flatten_settings(dump_resolved(c.res.scenario)) for c in cells}
     reference = next((c for c in cells if _is_reference(c)), None)
-    if reference is not None:
-        base = flat[id(reference)]
-    else:  # the most common value of each setting over the cells given
-        keys = {k for f in flat.values() for k in f}
-        base = {k: Counter(repr(f.get(k)) for f in flat.values()).most_common(1)[0][0] for k in keys}
-        base = {k: next(f.get(k) for f in flat.values() if repr(f.get(k)) == v) for k, v in base.items()}
+
+    def base(c: Cell) -> dict:
+        if reference is not None:
+            return flat[id(reference)]
+        # only the factors can be named: the cell's own settings with the claim regime's factors
+        own = {k: v for k, v in flat[id(c)].items() if not k.startswith("aggregation.params.")}
+        return {**own, **CLAIM_REGIME}
+
     for c in cells:
-        c.factor, c.value, c.other = factor_of(flat[id(c)], base)
+        c.factor, c.value, c.other = factor_of(flat[id(c)], base(c))
         if c is reference:
             c.factor, c.value = "reference", "the claim regime"
     return cells, reference
@@ -86,8 +90,8 @@ def _cells_section(cells: Sequence[Cell], reference: Cell | None) -> list[str]:
     md = ["## Cells", ""]
     md.append(f"Reference cell: `{reference.name}`." if reference is not None else
               "**No reference cell** (a scenario named `*claim`) among the cells given: each cell's factor is "
-              "named against the most common value of each setting over the cells, and the clauses that need "
-              "the reference are not settled.")
+              "named against the claim regime (mnist5k, cnn, FedAvg), its other differences are not listed, and "
+              "the clauses that need the reference are not settled.")
     md += ["", "Seeds: those whose honest and attack jobs both finished; a cell with fewer than its scenario "
            "plans (or than 6) is marked **short**.", ""]
     rows = []
