@@ -204,3 +204,11 @@ def test_bind_trains_the_public_generator_once_per_process(monkeypatch):
     assert x.shape == (6, 1, 4, 4) and y.tolist() == [0, 0, 1, 1, 2, 2] and 0.0 <= float(x.min()) <= float(x.max()) <= 1.0
     again = make_detector("footprint", **params).bind(data)
     assert torch.equal(again._gen[0], x) and len(footprint._SAMPLES) == 1 and len(calls) == 2
+
+
+def test_footprint_class_is_the_class_scope(fixed_samples):
+    model = _model()
+    a = make_evaluator("footprint_class").fit(_round_game(model), seed=0)
+    b = make_evaluator("footprint_discounted", scope="class").fit(_round_game(model), seed=0)
+    assert a.scope == "class"
+    np.testing.assert_array_equal(a.values_, b.values_)

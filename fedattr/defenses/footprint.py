@@ -23,7 +23,7 @@ when ``s_ic > threshold`` and it learns class ``c`` at all (``cos(u_i, -g_gen_c)
 ``footprint`` is the detector (it needs the server's data: :meth:`FootprintDetector.bind`);
 ``footprint_discounted`` is the scoring rule that uses it on every round game: a flagged client's
 value is discounted, as a whole (``scope = "client"``) or on its flagged classes only
-(``scope = "class"``: its per-class values, the base evaluator on each class's share of the
+(``scope = "class"``, also registered as ``footprint_class``: its per-class values, the base evaluator on each class's share of the
 utility, which sum to its plain value). Hypothesis to measure: the generator's images carry a
 direction real images do not, and a genuine holder of real images of the rare classes is not
 flagged; the attacker's alignment term (towards real proxy images) works against it.
@@ -46,7 +46,7 @@ from .base import Detector, DetectorResult, RoundUpdates, register_detector
 from .robust_scoring import ShardedUtility, _proxy, _validation_of, _Wrapper
 
 __all__ = [
-    "SCORERS", "FootprintDetector", "FootprintDiscounted", "FootprintData", "class_gradients",
+    "SCORERS", "FootprintClassDiscounted", "FootprintDetector", "FootprintDiscounted", "FootprintData", "class_gradients",
     "footprint_statistics", "generator_samples",
 ]
 
@@ -402,5 +402,15 @@ class FootprintDiscounted(_Wrapper):
         return out
 
 
+class FootprintClassDiscounted(FootprintDiscounted):
+    """:class:`FootprintDiscounted` with ``scope = "class"`` by default: a flag removes only the
+    flagged classes' share of the client's value (a second registry name, so that one scenario
+    can score both scopes on the same round games)."""
+
+    def __init__(self, base: str = "shapley", base_params: dict | None = None, scope: str = "class",
+                 discount: float = 1.0, detector_params: dict | None = None):
+        super().__init__(base, base_params, scope, discount, detector_params)
+
+
 #: Registry name -> scoring rule of this module (``fedattr.defenses.register_scoring_rules`` adds them).
-SCORERS = {"footprint_discounted": FootprintDiscounted}
+SCORERS = {"footprint_discounted": FootprintDiscounted, "footprint_class": FootprintClassDiscounted}
