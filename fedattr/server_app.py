@@ -230,7 +230,16 @@ def _detector_step(entry: PlanEntry, job: Job, splits, device: str) -> DetectorS
         return root_update(template, layout, base, x_root, y_root, epochs=t["epochs"], batch_size=t["batch_size"],
                            lr=t["lr"], seed=job.client_seed(server_round, -1))
 
-    return DetectorStep(specs, reference_update=reference)
+    step = DetectorStep(specs, reference_update=reference)
+    # Detectors that test updates against the server's own data (the generator footprint) get it here.
+    for det, _ in step.detectors:
+        if getattr(det, "needs_server_data", False):
+            from fedattr.core.env import default_cache_dir
+            from fedattr.defenses.footprint import FootprintData
+
+            det.bind(FootprintData(template, splits.x_val, splits.y_val, splits.x_aux, splits.y_aux),
+                     cache_dir=default_cache_dir())
+    return step
 
 
 def run_job(grid: Grid, entry: PlanEntry, node_wait_s: float) -> JobSummary | None:
