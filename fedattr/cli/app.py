@@ -75,6 +75,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="Results directory (default: <output_dir>/<name>-<time>).")]
 ScenarioArg = Annotated[Path, typer.Argument(help="Scenario TOML file.", show_default=False)]
+JobsOpt = Annotated[int, typer.Option(
+    "--jobs", "-j", min=1, metavar="N",
+    help="Run up to N jobs at once: N Flower runs on one SuperLink, the machine's CPUs split "
+         "between them (docs/scaling.md). Results equal a one-at-a-time run.")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="If --out holds results of other settings, move them to superseded/ and start "
                     "over (without it, such a directory is refused).")]
@@ -109,7 +113,7 @@ def _check_registry(scenario: Scenario) -> str:
 def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: JsonOpt = False,
         no_report: Annotated[bool, typer.Option("--no-report",
                                                 help="Do not write report.md/plots.")] = False,
-        force: ForceOpt = False) -> None:
+        force: ForceOpt = False, jobs: JobsOpt = 1) -> None:
     """Run a scenario: every arm on every seed, then print a summary and write the report.
 
     Re-running into the same --out resumes (failed and unfinished jobs are run again). Exit
@@ -121,7 +125,8 @@ def run(scenario: ScenarioArg, set_: SetOpt = None, out: OutOpt = None, json_: J
     launcher = _launcher()  # the launcher checks registry names and parameters itself
     with ProgressView(_err()) as progress:
         results_dir = Path(launcher.run_scenario(sc, out_dir=out, progress=progress,
-                                                 scenario_path=scenario.resolve(), force=force))
+                                                 scenario_path=scenario.resolve(), force=force,
+                                                 concurrency=jobs))
     finish_run(results_dir, json_=json_, no_report=no_report)
 
 
@@ -135,7 +140,7 @@ def sweep(scenario: ScenarioArg,
           set_: SetOpt = None, out: OutOpt = None, json_: JsonOpt = False,
           no_report: Annotated[bool, typer.Option("--no-report",
                                                   help="Do not write the reports.")] = False,
-          force: ForceOpt = False) -> None:
+          force: ForceOpt = False, jobs: JobsOpt = 1) -> None:
     """Run a scenario at every point of a grid of overrides (one Flower start-up for all).
 
     Example: fedattr sweep scenarios/core_mnist5k.toml --grid partition.alpha=0.1,0.5,1.0
@@ -147,7 +152,7 @@ def sweep(scenario: ScenarioArg,
     launcher = _launcher()
     with ProgressView(_err()) as progress:
         sweep_dir = Path(launcher.run_sweep(sc, points=points, out_dir=out, progress=progress,
-                                            grid=grid_d, force=force))
+                                            grid=grid_d, force=force, concurrency=jobs))
     finish_run(sweep_dir, json_=json_, no_report=no_report, kind="sweep", points=len(points))
 
 

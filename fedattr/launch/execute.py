@@ -1,8 +1,9 @@
 """Execute a scenario or a sweep: write its plan and records, run the plan, finish its records.
 
 This is what ``fedattr run`` and ``fedattr sweep`` call. A run or a whole sweep is ONE Flower
-simulation (see :mod:`fedattr.launch.simulation`); re-running into an existing results directory
-resumes it. The directory is owned for the run's duration (:mod:`fedattr.launch.ownership`).
+simulation (see :mod:`fedattr.launch.simulation`), or with ``concurrency`` N (``--jobs N``) N
+concurrent simulations on one SuperLink; re-running into an existing results directory resumes
+it. The directory is owned for the run's duration (:mod:`fedattr.launch.ownership`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fedattr.core.errors import UserError
 from fedattr.core.provenance import git_commit
 from fedattr.launch.train_generator import train_generator
 from fedattr.launch.ownership import check_resume, own_results_dir
-from fedattr.launch.simulation import Progress, execute_plan
+from fedattr.launch.simulation import Progress, check_concurrency, execute_plan
 from fedattr.scenario.plan import default_results_dir, interleave, scenario_jobs, write_plan
 from fedattr.scenario import Scenario
 from fedattr.scenario.checks import check_out_dir, check_scenario, registries
@@ -103,24 +104,32 @@ def prepared_run(scenario: Scenario, out_dir: str | Path | None, scenario_path: 
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path | None = None, progress: Progress | None = None,
-                 scenario_path: str | Path | None = None, force: bool = False) -> Path:
+                 scenario_path: str | Path | None = None, force: bool = False, concurrency: int = 1) -> Path:
     """Run every arm and seed of ``scenario`` in one Flower simulation; return the results directory.
+
+    ``concurrency`` N > 1 runs up to N jobs at once, as N Flower runs on one SuperLink
+    (:func:`fedattr.launch.simulation.execute_plan`); each job's results are those of a
+    sequential run.
 
     Re-running into an existing results directory resumes it: finished jobs are kept, failed and
     unfinished ones are run again. A directory of other settings is refused unless ``force``
     (then its old results move to ``superseded/``). Every check that can fail before start-up
     runs first (:func:`fedattr.scenario.checks.check_scenario`).
     """
+    check_concurrency(concurrency, scenario.runtime)  # before anything is written
     with prepared_run(scenario, out_dir, scenario_path, force) as run:
         run.environment.update(execute_plan(run.plan_path, run.jobs, scenario.num_clients, scenario.runtime,
-                                            run.results_dir / "logs", progress, tag=run.tag))
+                                            run.results_dir / "logs", progress, tag=run.tag,
+                                            concurrency=concurrency))
     return run.results_dir
 
 
 def run_sweep(scenario: Scenario, points: list[tuple[dict[str, str], Scenario]], out_dir: str | Path | None = None,
               progress: Progress | None = None, grid: dict[str, list[str]] | None = None,
-              force: bool = False) -> Path:
-    """Run every grid point of a sweep in ONE Flower simulation (start-up paid once)."""
+              force: bool = False, concurrency: int = 1) -> Path:
+    """Run every grid point of a sweep in ONE Flower simulation (start-up paid once), or with
+    ``concurrency`` N > 1 in N concurrent Flower runs on one SuperLink."""
+    check_concurrency(concurrency, scenario.runtime)
     if not points:
         raise UserError("the sweep grid is empty")
     sizes = {p.num_clients for _, p in points}
@@ -151,7 +160,7 @@ def run_sweep(scenario: Scenario, points: list[tuple[dict[str, str], Scenario]],
         atomic_write_json(sweep_dir / "sweep.json", {"grid": grid or {}, "points": entries, "wall_s": None,
                                                      "startup_s": None, "jobs": len(jobs), "started": started})
         timings = execute_plan(plan_path, jobs, points[0][1].num_clients, scenario.runtime, sweep_dir / "logs",
-                               progress, tag=tag)
+                               progress, tag=tag, concurrency=concurrency)
         env = _environment(" ".join(sys.argv))
         for e, (_, point) in zip(entries, points):
             _finish_environment(sweep_dir / e["dir"], dict(env, seeds=list(point.seeds)), timings, started)
