@@ -24,6 +24,10 @@ Table 3 (``--holder DIR``: a run of ``scenarios/defenses_holder.toml``, where on
 really holds the withheld classes and the attacker is honest), per evaluator: the share of the
 genuine holder's plain-Shapley cumulative value that the evaluator keeps, per seed, mean ± 95% CI.
 A defence that removes the inflation by punishing whoever covers rare classes fails here.
+
+With ``--holder``, table 4 checks issue 23's bar per evaluator: at least half of Shapley's inflation
+removed, benign tau >= 0.8, >= 80% of the holder's value kept; it names each condition missed and
+by how much.
 """
 
 from __future__ import annotations
@@ -201,6 +205,39 @@ def holder_table(res) -> dict[str, Any]:
     return out
 
 
+#: Issue 23's bar: share of the exact-Shapley inflation removed, benign Kendall tau, share of the
+#: genuine holder's value kept.
+BAR = {"removed": 0.5, "tau": 0.8, "kept": 0.8}
+
+
+def bar_table(res, holder) -> dict[str, dict[str, Any]]:
+    """``{evaluator: {removed, tau, kept, fails}}``: the three bar figures (point estimates: the
+    paired share removed, the benign tau's mean, the holder's kept share's mean) and, per condition
+    it misses, by how much (``fails``: ``{condition: shortfall}``; NaN where a figure is missing)."""
+    mit = mitigation_table(res)
+    kept = holder_table(holder) if holder is not None else {}
+    out = {}
+    for ev, row in mit.items():
+        fig = {"removed": removed_ci(res, ev)[0], "tau": row["tau"].mean,
+               "kept": kept[ev].mean if ev in kept else math.nan}
+        fails = {k: BAR[k] - v if math.isfinite(v) else math.nan for k, v in fig.items()
+                 if not (math.isfinite(v) and v >= BAR[k])}
+        out[ev] = {**fig, "fails": fails}
+    return out
+
+
+def render_bar(res, holder) -> str:
+    rows = bar_table(res, holder)
+    fmt = lambda v: "—" if not math.isfinite(v) else f"{v:+.3f}"  # noqa: E731
+    verdict = lambda f: "passes" if not f else "; ".join(  # noqa: E731
+        f"{k} short by {v:.3f}" if math.isfinite(v) else f"{k} missing" for k, v in f.items())
+    return "\n".join([
+        f"The bar (removed >= {BAR['removed']}, benign tau >= {BAR['tau']}, holder's value kept >= {BAR['kept']}; "
+        "point estimates):", "",
+        _table(["evaluator", "removed", "benign tau", "holder kept", "bar"],
+               [[ev, fmt(r["removed"]), fmt(r["tau"]), fmt(r["kept"]), verdict(r["fails"])] for ev, r in rows.items()])])
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
@@ -294,11 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         out["removed"] = {ev: removed_ci(res, ev) for ev in res.evaluators}
         if holder_rows is not None:
             out["holder_kept"] = {ev: ci.as_dict() for ev, ci in holder_rows.items()}
+            out["bar"] = bar_table(res, holder)
         print(json.dumps(out, indent=1))
     else:
         print(render(res))
         if holder is not None:
             print("\n" + render_holder(holder))
+            print("\n" + render_bar(res, holder))
         if wall is not None:
             print(f"\nwall time of the run: {wall:.0f} s")
     return 0

@@ -75,3 +75,18 @@ def test_holder_table_is_the_holders_value_under_each_evaluator_over_plain_shapl
     assert kept["loo"].mean == pytest.approx(sum(ratios) / len(ratios))
     assert main(["--results", str(RUN), "--holder", str(root)]) == 0
     assert "Genuine holder (client 1" in capsys.readouterr().out
+
+
+def test_bar_table_names_each_missed_condition_and_its_shortfall(monkeypatch):
+    import benchmarks.defenses as bd
+    from fedattr.report import mean_ci
+
+    monkeypatch.setattr(bd, "mitigation_table", lambda res: {"a": {"tau": mean_ci([0.9, 0.9])},
+                                                             "b": {"tau": mean_ci([0.7, 0.7])}})
+    monkeypatch.setattr(bd, "removed_ci", lambda res, ev: {"a": (0.6, 0.0, 1.0), "b": (0.2, 0.0, 1.0)}[ev])
+    monkeypatch.setattr(bd, "holder_table", lambda holder: {"a": mean_ci([0.85, 0.85]), "b": mean_ci([0.5, 0.5])})
+    rows = bd.bar_table(None, object())
+    assert rows["a"]["fails"] == {}
+    assert rows["b"]["fails"] == pytest.approx({"removed": 0.3, "tau": 0.1, "kept": 0.3})
+    out = bd.render_bar(None, object())
+    assert "| a " in out and "passes" in out and "removed short by 0.300; tau short by 0.100; kept short by 0.300" in out
