@@ -104,7 +104,7 @@ def _cells_section(cells: Sequence[Cell], reference: Cell | None) -> list[str]:
 
 
 def _verdict_section(clauses: Sequence[Clause], cells: Sequence[Cell]) -> list[str]:
-    md = ["## Verdicts", "", "Rules (written before reading the results; margins are constants of "
+    md = ["## Verdicts", "", "Rules (their margins are constants of "
           "`fedattr/report/breadth_stats.py`):", ""]
     md += [f"- {r}" for r in RULES] + [""]
     md += md_table(["clause", "verdict", "figures"], [[c.clause, f"**{c.verdict}**", "<br>".join(c.figures)]
@@ -135,9 +135,11 @@ def _cell_section(c: Cell) -> list[str]:
     for ev, st in c.evaluators.items():
         cf, pa = st.counterfactual, st.paired
         rows.append([ev, _ci(cf), f"[{fmt_num(cf.boot_low)}, {fmt_num(cf.boot_high)}]", fmt_p(cf.wilcoxon_p),
-                     f"{cf.positive}/{cf.n}", _ci(pa), fmt_p(pa.wilcoxon_p), f"{pa.positive}/{pa.n}",
+                     f"{cf.positive}/{cf.n}", _ci(pa), f"[{fmt_num(pa.boot_low)}, {fmt_num(pa.boot_high)}]",
+                     fmt_p(pa.wilcoxon_p), f"{pa.positive}/{pa.n}",
                      _boot(st.benign_tau), _ci(st.benign_change), st.verdict])
-    md += md_table(["evaluator", "counterfactual", "bootstrap CI", "p", "pos", "paired", "p", "pos", "benign tau",
+    md += md_table(["evaluator", "counterfactual", "bootstrap CI", "p", "pos", "paired", "bootstrap CI", "p", "pos",
+                    "benign tau",
                     "benign change", "inflates"], rows)
     a = c.accuracy
     if a is not None and a.n:
