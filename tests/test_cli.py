@@ -38,7 +38,7 @@ def fake_runner(monkeypatch, tmp_path):
     fake = types.ModuleType("fedattr.launch.execute")
     fake.calls = []
 
-    def run_scenario(scenario, out_dir=None, progress=None, scenario_path=None, force=False):
+    def run_scenario(scenario, out_dir=None, progress=None, scenario_path=None, force=False, concurrency=1):
         fake.calls.append(("run_scenario", scenario, out_dir, scenario_path))
         progress({"event": "log", "message": "starting [fake]"})
         for r in range(1, 4):
@@ -49,7 +49,7 @@ def fake_runner(monkeypatch, tmp_path):
         dest = Path(out_dir) if out_dir else tmp_path / "results" / "small"
         return shutil.copytree(SMALL / "run", dest)
 
-    def run_sweep(scenario, points, out_dir=None, progress=None, grid=None, force=False):
+    def run_sweep(scenario, points, out_dir=None, progress=None, grid=None, force=False, concurrency=1):
         fake.calls.append(("run_sweep", scenario, points, out_dir, grid))
         progress({"event": "round", "arm": "attack", "seed": 1, "round": 2, "rounds": 2,
                   "jobs_done": 3, "jobs_total": 8, "point": 1, "points": 2})

@@ -253,6 +253,11 @@ class RuntimeSpec(_Spec):
     round_timeout_s: float | None = Field(None, gt=0, description="seconds a round waits for "
                                           "replies before going on with those that arrived; "
                                           "None = wait for every node")
+    ray_address: str | None = Field(None, pattern=r"^(auto|[A-Za-z0-9_.\-]+:[0-9]{1,5})$",
+                                    description="address of a running Ray cluster (`ray start "
+                                    "--head`; HOST:PORT or auto) that the simulation's ClientApp "
+                                    "actors join instead of a private Ray instance; None = private "
+                                    "(docs/scaling.md)")
 
 
 class SamplingSpec(_Spec):
