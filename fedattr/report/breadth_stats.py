@@ -444,7 +444,8 @@ def _estimator_accuracy(res: ScenarioResults, cell_arms: Sequence[str], attacker
 
 
 def load_cell(path: str | Path) -> Cell:
-    """Read one cell directory and compute its statistics (the factor is set by :func:`verdict_table`'s caller)."""
+    """Read one cell directory (finished jobs only) and compute its statistics; its factor is named by
+    :func:`fedattr.report.breadth.load_cells`, which compares the cells."""
     path = Path(path)
     res = _finished_only(load_results(path))
     summary = scenario_summary(res)
