@@ -193,3 +193,20 @@ def test_concurrent_jobs_equal_sequential_ones(tmp_path, monkeypatch):
     jobs, rounds, diffs, _ = _compare_rounds()(seq, conc)
     assert (jobs, rounds) == (4, 8)
     assert diffs == []
+
+
+def test_ray_cluster_that_does_not_answer_is_refused(monkeypatch):
+    import socket
+
+    from fedattr.launch.simulation import check_ray_cluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_ray_cluster(_runtime())  # no cluster asked for
+    check_ray_cluster(_runtime(ray_address="auto"))  # left to Ray
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        check_ray_cluster(_runtime(ray_address=f"127.0.0.1:{port}"))
+    with pytest.raises(UserError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        check_ray_cluster(_runtime(ray_address=f"127.0.0.1:{port}"), timeout_s=1.0)

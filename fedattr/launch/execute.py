@@ -22,7 +22,7 @@ from fedattr.core.errors import UserError
 from fedattr.core.provenance import git_commit
 from fedattr.launch.train_generator import train_generator
 from fedattr.launch.ownership import check_resume, own_results_dir
-from fedattr.launch.simulation import Progress, check_concurrency, execute_plan
+from fedattr.launch.simulation import Progress, check_concurrency, check_ray_cluster, execute_plan
 from fedattr.scenario.plan import default_results_dir, interleave, scenario_jobs, write_plan
 from fedattr.scenario import Scenario
 from fedattr.scenario.checks import check_out_dir, check_scenario, registries
@@ -117,6 +117,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None = None, progress
     runs first (:func:`fedattr.scenario.checks.check_scenario`).
     """
     check_concurrency(concurrency, scenario.runtime)  # before anything is written
+    check_ray_cluster(scenario.runtime)
     with prepared_run(scenario, out_dir, scenario_path, force) as run:
         run.environment.update(execute_plan(run.plan_path, run.jobs, scenario.num_clients, scenario.runtime,
                                             run.results_dir / "logs", progress, tag=run.tag,
@@ -130,6 +131,7 @@ def run_sweep(scenario: Scenario, points: list[tuple[dict[str, str], Scenario]],
     """Run every grid point of a sweep in ONE Flower simulation (start-up paid once), or with
     ``concurrency`` N > 1 in N concurrent Flower runs on one SuperLink."""
     check_concurrency(concurrency, scenario.runtime)
+    check_ray_cluster(scenario.runtime)
     if not points:
         raise UserError("the sweep grid is empty")
     sizes = {p.num_clients for _, p in points}

@@ -150,6 +150,24 @@ def check_concurrency(concurrency: int, runtime: Any) -> None:
                         "--jobs N without one")
 
 
+def check_ray_cluster(runtime: Any, timeout_s: float = 5.0) -> None:
+    """Refuse (UserError) a Ray cluster address (HOST:PORT) where nothing answers.
+
+    A simulation told to join a cluster that is not there waits in its first round instead of
+    failing, so the address is tried before anything starts. ``auto`` is left to Ray.
+    """
+    address = ray_address(runtime)
+    if not address or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise UserError(f"no Ray cluster answers at {address} ({exc}); start one with `ray start --head "
+                        f"--port {port or 'PORT'}` or fix runtime.ray_address / RAY_ADDRESS") from None
+
+
 def federation_config(num_clients: int, runtime: Any, runs: int, cpu_count: int | None = None) -> str:
     """``flwr run --federation-config`` of each run of a launch of ``runs`` concurrent runs.
 
@@ -178,6 +196,7 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
     jobs and its log; the other runs finish first.
     """
     check_concurrency(concurrency, runtime)
+    check_ray_cluster(runtime)
     address = ray_address(runtime)
     work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -351,5 +370,5 @@ def startup_seconds(jobs: list[dict[str, Any]], first_round_at: float | None, t0
     return max(0.0, first_round_at - t0 - own_work)
 
 
-__all__ = ["simulation_superlink", "execute_plan", "deal_jobs", "check_concurrency", "federation_config", "ray_address", "startup_seconds", "run_error_cause", "raise_run_failure",
+__all__ = ["simulation_superlink", "execute_plan", "deal_jobs", "check_concurrency", "check_ray_cluster", "federation_config", "ray_address", "startup_seconds", "run_error_cause", "raise_run_failure",
            "no_space_path"]
