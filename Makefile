@@ -45,6 +45,7 @@ deploy-local: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.evaluators
 	$(BIN)/python -m benchmarks.engine
+	$(BIN)/python -m benchmarks.concurrency
 
 clean:
 	rm -rf results .flwr_home .pytest_cache
