@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from fedattr.core.env import default_cache_dir
 from fedattr.evaluators import FunctionGame, ModelUtility, RoundGame
 
 from .base import Detector, DetectorResult, RoundUpdates, register_detector
@@ -358,7 +359,9 @@ class FootprintDiscounted(_Wrapper):
             return raw
         self.applied_ = True
         model, x_val, y_val = _validation_of(utility)
-        det.bind(FootprintData(model, x_val.cpu(), y_val.cpu(), public[0], public[1]))
+        # The generator and the labeller are disk-cached by config and data (the generator cache
+        # every fedattr process shares), so a resumed or second run does not train them again.
+        det.bind(FootprintData(model, x_val.cpu(), y_val.cpu(), public[0], public[1]), cache_dir=default_cache_dir())
         w = np.ones(n) if game.weights is None else np.asarray(game.weights, dtype=np.float64)
         res = det.observe(RoundUpdates(0, list(game.players), game.updates, w, game.base))
         self.flags_, self.class_flags_, self.classes_ = res.flags, det.class_flags_, det.classes_
