@@ -529,3 +529,20 @@ def test_cyclic_design_beats_independent_permutations_at_equal_walks():
     assert cyclic < 0.8 * antithetic
     with pytest.raises(ValueError, match="unknown design"):
         sur.shapley(max_exact_players=0, design="sobol")
+
+
+def test_the_walk_gives_the_same_values_whatever_its_thread_count_and_restores_torchs():
+    gen = torch.Generator().manual_seed(0)
+    n, v, c = 24, 60, 5
+    z0 = torch.randn(v, c, generator=gen)
+    zc = z0 + 0.3 * torch.randn(n, v, c, generator=gen)
+    zf = z0 + 0.3 * torch.randn(v, c, generator=gen)
+    y = torch.randint(0, c, (v,), generator=gen)
+    before = torch.get_num_threads()
+    values = []
+    for threads in (None, 1, 2):
+        game = LogitSurrogateGame(z0, zc, zf, y, "neg_ce", np.arange(1.0, n + 1), "both")
+        game.num_threads = threads
+        values.append(game.shapley(n_permutations=200, seed=5)[0])
+        assert torch.get_num_threads() == before
+    assert all(np.array_equal(values[0], other) for other in values[1:])

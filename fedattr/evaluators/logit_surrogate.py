@@ -39,6 +39,7 @@ the logits are affine in the parameters (e.g. a linear model) every anchoring eq
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import weakref
@@ -238,6 +239,9 @@ class LogitSurrogateGame(Game):
         self._table: np.ndarray | None = None
         self._cm: dict | None = None
         self.forward_seconds_ = 0.0
+        #: torch intra-op threads of the sampled Shapley walk (None: torch's setting); the round
+        #: game's ``utility.num_threads`` when built by :meth:`from_round_game`.
+        self.num_threads: int | None = None
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -289,6 +293,7 @@ class LogitSurrogateGame(Game):
         new = [(m, out._anchor_value(m)) for m in masks if m not in known]
         game.cache.record(new, seconds * len(new) / max(len(todo), 1))
         out.forward_seconds_ = time.perf_counter() - t0
+        out.num_threads = getattr(utility, "num_threads", None)
         return out
 
     @property
@@ -551,6 +556,11 @@ class LogitSurrogateGame(Game):
         its ``2n`` cyclic shifts and reversed shifts (:meth:`cyclic_marginals`: balanced over
         positions, half the walks); ``"antithetic"``: independent permutations in antithetic
         pairs. Returns ``(values, exact)``."""
+        with _intra_op_threads(self.num_threads):
+            return self._shapley(max_exact_players, n_permutations, seed, batch, design)
+
+    def _shapley(self, max_exact_players: int, n_permutations: int, seed, batch: int,
+                 design: str) -> tuple[np.ndarray, bool]:
         if design == "antithetic" or self.n <= max_exact_players:
             if design not in SAMPLING_DESIGNS:
                 raise ValueError(f"unknown design {design!r}; valid: {', '.join(SAMPLING_DESIGNS)}")
@@ -591,6 +601,24 @@ class LogitSurrogateGame(Game):
         rev = np.roll(vals[:, :, 1:], 1, axis=1) - vals[:, :, :-1]
         np.add.at(total, np.repeat(sigma[:, (np.arange(n) - 1) % n].reshape(-1), n), rev.reshape(-1))
         return total
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` inside (None: unchanged), restored after.
+
+    The walk is thousands of small element-wise kernels: on oversubscribed cores every kernel's
+    threads wait on each other (the walk of 50 players took 28 s with 2 threads at a load of 14
+    on 2 cores, 1.1 s with 1), so a run that shares its cores sets ``attribution.num_threads``.
+    """
+    threads = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------ sharing

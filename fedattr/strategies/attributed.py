@@ -310,6 +310,7 @@ class AttributedStrategy(Strategy):
         unbound = [n for n in nodes if self.identities.partition_of(n) is None]
         if unbound:
             self._ask_partitions(grid, unbound)
+            self._round_start = time.perf_counter()  # the round's training time starts after the question
         # Flower's node ids are random per run: ordered by partition, the seeded sample picks the
         # same partitions in every run (nodes that did not say theirs come last, by node id).
         bound = sorted((n for n in nodes if self.identities.partition_of(n) is not None),
@@ -326,6 +327,7 @@ class AttributedStrategy(Strategy):
         """Bind ``nodes`` to the partitions they claim in reply to a ``query`` (claims decided as replies' are)."""
         timeout = self.round_timeout_s or 600.0
         queries = [Message(content=RecordDict({}), dst_node_id=int(n), message_type=MessageType.QUERY) for n in nodes]
+        t0 = time.perf_counter()
         replies = list(grid.send_and_receive(queries, timeout=timeout))
         claims = []
         for reply in replies:
@@ -337,8 +339,8 @@ class AttributedStrategy(Strategy):
         accepted, refused = self.identities.resolve(claims)
         for node, pid in accepted.items():
             self.identities.bind(node, pid)
-        log(INFO, "Asked %d nodes for their partition: %d bound, %d refused, %d without an answer", len(nodes),
-            len(accepted), len(refused), len(nodes) - len(claims))
+        log(INFO, "Asked %d nodes for their partition in %.1f s: %d bound, %d refused, %d without an answer",
+            len(nodes), time.perf_counter() - t0, len(accepted), len(refused), len(nodes) - len(claims))
 
     def _expected_nodes(self) -> int:
         if self.num_partitions is not None:
