@@ -210,3 +210,16 @@ def test_ray_cluster_that_does_not_answer_is_refused(monkeypatch):
         check_ray_cluster(_runtime(ray_address=f"127.0.0.1:{port}"))
     with pytest.raises(UserError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
         check_ray_cluster(_runtime(ray_address=f"127.0.0.1:{port}"), timeout_s=1.0)
+
+
+def test_the_ray_cluster_does_not_block_a_resume():
+    """Where the clients ran does not change a result: a directory of another (or no) Ray address resumes."""
+    from fedattr.launch.ownership import scenario_differences
+
+    sc = load_scenario(DEMO, [])
+    stored = sc.model_dump(mode="json")
+    del stored["runtime"]["ray_address"]
+    new = load_scenario(DEMO, ['runtime.ray_address="10.0.0.2:6379"']).model_dump(mode="json")
+    assert scenario_differences(stored, new) == []
+    other = load_scenario(DEMO, ["runtime.client_cpus=2"]).model_dump(mode="json")
+    assert scenario_differences(stored, other) == ["runtime.client_cpus"]

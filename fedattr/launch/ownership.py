@@ -31,7 +31,7 @@ from fedattr.launch.processes import end_tagged_processes
 from fedattr.results.store import LOCK_NAME
 
 #: scenario keys that do not change a result: a resume may differ in them
-IGNORED_KEYS = ("output_dir", "description")
+IGNORED_KEYS = ("output_dir", "description", "runtime.ray_address")
 
 #: what a run writes at the top of its directory; --force moves these aside
 RESULT_ENTRIES = ("scenario.json", "plan.json", "environment.json", "sweep.json", "jobs", "points", "report.md",
