@@ -227,3 +227,31 @@ def test_two_nodes_claiming_one_partition_in_the_query_are_both_left_unbound():
     bound = set(strategy.identities.bindings_.values())
     assert 0 not in bound and 1 not in bound
     assert len(strategy.identities.bindings_) == N - 2
+
+
+# ------------------------------------------------------------------ the report
+
+
+def _job(values_by_round: list[dict[int, float]]):
+    from fedattr.protocol import RoundRecord
+    from fedattr.report.reader import JobResult
+
+    rounds, total = [], {}
+    for r, vals in enumerate(values_by_round, 1):
+        for p, v in vals.items():
+            total[p] = total.get(p, 0.0) + v
+        rounds.append(RoundRecord.model_validate({
+            "arm": "honest", "seed": 0, "attacker_ids": [], "round": r, "clients": sorted(vals),
+            "values": {"loo": vals}, "cumulative": {"loo": dict(total)}, "sampled": sorted(vals)}))
+    return JobResult("honest", 0, rounds, None, len(rounds))
+
+
+def test_the_report_counts_participations_and_divides_the_total_by_them():
+    from fedattr.report.summary import participations, per_participation
+
+    a, b = 0.5, 0.25
+    job = _job([{0: a, 1: 1.0}, {1: 2.0, 2: 3.0}, {0: b, 2: 1.0}, {1: 4.0, 2: 2.0}])
+    assert participations(job, "loo") == {"0": 2, "1": 3, "2": 3}
+    rates = per_participation(job, "loo")
+    assert rates["0"] == (a + b) / 2 and rates["1"] == 7.0 / 3 and rates["2"] == 2.0
+    assert job.cumulative("loo")["0"] == a + b

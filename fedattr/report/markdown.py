@@ -102,6 +102,10 @@ def _result_section(summary: ScenarioSummary) -> list[str]:
     return md + ([note, ""] if note else [])
 
 
+def _rounds(k: int) -> str:
+    return f"{k} round" + ("" if k == 1 else "s")
+
+
 def _sampling_section(res: ScenarioResults, summary: ScenarioSummary) -> list[str]:
     """Client sampling: participation counts, and the clients highest by total and per participation."""
     sc = res.scenario
@@ -122,9 +126,9 @@ def _sampling_section(res: ScenarioResults, summary: ScenarioSummary) -> list[st
                 n = list(counts.values())
                 rows.append([arm, ev, job.seed, len(counts), f"{min(n)} / {sum(n) / len(n):.2f} / {max(n)}",
                              "—" if top_total is None else f"{top_total} ({fmt_num(totals[top_total])}, "
-                             f"{counts.get(top_total, 0)} rounds)",
+                             f"{_rounds(counts.get(top_total, 0))})",
                              "—" if top_rate is None else f"{top_rate} ({fmt_num(rates[top_rate])}, "
-                             f"{counts.get(top_rate, 0)} rounds)"])
+                             f"{_rounds(counts.get(top_rate, 0))})"])
     md += md_table(["arm", "evaluator", "seed", "clients scored", "participations min / mean / max",
                     "highest total", "highest per participation"], rows) if rows else ["No scored round.", ""]
     if res.attacker_ids:
