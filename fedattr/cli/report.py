@@ -29,8 +29,14 @@ def report(results_dir: Annotated[Path, _DIR],
            breadth: Annotated[bool, typer.Option(
                "--breadth", help="Read RESULTS_DIR and MORE_DIRS as the breadth study's cells and write one "
                                  "page (needs --to): per-cell tables, the cheap estimators' error, the verdicts.")] = False,
+           scaling: Annotated[bool, typer.Option(
+               "--scaling", help="Read RESULTS_DIR and MORE_DIRS as scale runs and write the scaling page "
+                                 "(needs --to): attribution / training per round, and --bench's figures.")] = False,
+           bench: Annotated[Optional[Path], typer.Option(
+               "--bench", metavar="JSON", help="With --scaling: the JSON of `python -m benchmarks.concurrency "
+                                               "--json` (sequential against concurrent jobs).")] = None,
            more_dirs: Annotated[Optional[list[Path]], typer.Argument(
-               help="Further cell results directories (with --breadth only).", show_default=False)] = None) -> None:
+               help="Further results directories (with --breadth or --scaling only).", show_default=False)] = None) -> None:
     """(Re)write report.md, a self-contained report.html, stats.json and plots of a results directory.
 
     Unfinished jobs (values of the last round reached), failed jobs and a directory held by a
@@ -39,9 +45,16 @@ def report(results_dir: Annotated[Path, _DIR],
     Example: fedattr report results/demo --to docs/results/demo.md
 
     Breadth study: fedattr report --breadth results/breadth_claim results/breadth_dataset ... --to docs/results/breadth.md
+
+    Scaling: fedattr report --scaling results/scale100 results/scale500_sampled --bench concurrency.json --to docs/results/scaling.md
     """
     from fedattr.report import STATS_JSON, summarize, write_page, write_report
 
+    if scaling:
+        _scaling_page(results_dir, more_dirs or [], to, bench, breadth)
+        return
+    if bench is not None:
+        raise UserError("--bench is read only with --scaling")
     if breadth or more_dirs:
         _breadth_page(results_dir, more_dirs or [], to, breadth)
         return
@@ -71,6 +84,21 @@ def _breadth_page(first: Path, more: list[Path], to: Optional[Path], breadth: bo
     if to is None:
         raise UserError("--breadth writes one page: name it with --to PAGE.md (e.g. docs/results/breadth.md)")
     path = write_breadth_page([first, *more], to, command="fedattr " + shlex.join(sys.argv[1:]))
+    out().print(f"report: {escape(str(path))}")
+
+
+def _scaling_page(first: Path, more: list[Path], to: Optional[Path], bench: Optional[Path], breadth: bool) -> None:
+    """``report --scaling``: the scaling page from scale runs and the concurrency benchmark."""
+    from fedattr.report.scaling import write_scaling_page
+
+    if breadth:
+        raise UserError("--scaling and --breadth write different pages: choose one")
+    if to is None:
+        raise UserError("--scaling writes one page: name it with --to PAGE.md (e.g. docs/results/scaling.md)")
+    for d in (first, *more):
+        if not d.is_dir():
+            raise UserError(f"results directory not found: {d}")
+    path = write_scaling_page([first, *more], to, bench, command="fedattr " + shlex.join(sys.argv[1:]))
     out().print(f"report: {escape(str(path))}")
 
 

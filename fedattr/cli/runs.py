@@ -84,22 +84,9 @@ def attribution_cost_lines(results_dir: Path) -> list[str]:
     """Per evaluator, its seconds over the round's training seconds in rounds 2 onwards (round 1
     includes the clients' start-up), the mean over jobs and rounds from the round records'
     ``timings``, with this machine's matmul rate beside it; [] when no round past the first has them."""
-    from fedattr.protocol import RecordError, read_rounds
+    from fedattr.report.costs import cost_ratios, round_costs
 
-    ratios: dict[str, list[float]] = {}
-    for path in sorted((results_dir / "jobs").glob("*/rounds.jsonl")):
-        try:
-            rounds = read_rounds(path)
-        except (RecordError, OSError, UnicodeDecodeError):
-            continue
-        for record in rounds:
-            t = record.timings
-            train = t.get("train_s")
-            if record.round < 2 or not isinstance(train, (int, float)) or train <= 0:
-                continue
-            for name, sec in {**(t.get("evaluators_s") or {}), "all evaluators": t.get("attribution_s")}.items():
-                if isinstance(sec, (int, float)):
-                    ratios.setdefault(name, []).append(sec / train)
+    ratios = cost_ratios(round_costs(results_dir))
     if not ratios:
         return []
     from fedattr.report.machine import machine

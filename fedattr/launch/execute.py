@@ -44,9 +44,14 @@ def _environment(command: str) -> dict[str, Any]:
 
 
 def _finish_environment(results_dir: Path, env: dict[str, Any], timings: dict[str, float], started: str) -> None:
+    from fedattr.report.machine import matmul_rate
+
     env.update(timings)
     env["started"] = started
     env["finished"] = datetime.now(timezone.utc).isoformat()
+    # The machine as the run left it: its timings are read against these.
+    env["matmul_gflops"] = matmul_rate(seconds=0.25)
+    env["load_average"] = os.getloadavg()[0]
     atomic_write_json(results_dir / "environment.json", env)
 
 

@@ -50,6 +50,8 @@ class Environment(_Meta):
     finished: str | None = None
     wall_s: float | None = None
     startup_s: float | None = None
+    matmul_gflops: float | None = None
+    load_average: float | None = None
 
 
 class SweepPoint(_Meta):
