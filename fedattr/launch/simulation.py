@@ -4,9 +4,10 @@ Each launch starts its own simulation SuperLink (own port, project-local ``FLWR_
 offline), submits the app with ``flwr run`` and a plan naming every job, follows progress through
 the jobs' ``rounds.jsonl``, and ends the SuperLink's whole process family by PID, whatever happens.
 
-With ``concurrency`` N > 1 the unfinished jobs are dealt into N plans (:func:`deal_jobs`) and
-submitted as N ``flwr run``\ s to the same SuperLink: its SuperExec starts one ``flwr-simulation``
-process per run, each with its own Ray instance and ClientApp actors, so the runs execute at once.
+With ``concurrency`` N > 1 the unfinished jobs are dealt into N plans (:func:`deal_jobs`), each
+submitted by its own ``flwr run`` to the same SuperLink: its SuperExec starts one
+``flwr-simulation`` process per run, each with its own Ray instance and ClientApp actors, so the
+runs execute at once.
 The machine's CPUs are split between them through Flower's ``init-args-num-cpus`` (Ray's
 resources); nothing here schedules jobs beyond submitting the runs and following them.
 """
@@ -190,7 +191,7 @@ def execute_plan(plan_path: Path, jobs: list[dict[str, Any]], num_clients: int, 
     """Run every unfinished job of a plan; return timings (wall, start-up, runs at once).
 
     ``concurrency`` 1 runs the plan in ONE ``flwr run``; N > 1 deals the unfinished jobs into N
-    plans run as N concurrent ``flwr run``\ s on one SuperLink (logs ``flwr.<i>.log``). Jobs
+    plans run as N concurrent ``flwr run`` processes on one SuperLink (logs ``flwr.<i>.log``). Jobs
     that failed earlier are run again; ``tag`` marks every process started (see
     :func:`fedattr.launch.ownership.own_results_dir`). A run that fails names its unfinished
     jobs and its log; the other runs finish first.
