@@ -255,3 +255,40 @@ def test_the_report_counts_participations_and_divides_the_total_by_them():
     rates = per_participation(job, "loo")
     assert rates["0"] == (a + b) / 2 and rates["1"] == 7.0 / 3 and rates["2"] == 2.0
     assert job.cumulative("loo")["0"] == a + b
+
+
+# ------------------------------------------------------------------ a real `flwr run .`
+
+
+@pytest.mark.slow
+def test_flwr_run_samples_the_partitions_seed_and_round_determine(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fedattr.launch.processes import project_root
+    from fedattr.launch.simulation import simulation_superlink
+    from fedattr.results.store import read_json, read_jsonl
+
+    flwr = str(Path(sys.executable).parent / "flwr")
+    out = tmp_path / "out"
+    with simulation_superlink(tmp_path / "flwr_home", tmp_path / "superlink.log") as (conn, env):
+        proc = subprocess.run(
+            [flwr, "run", str(project_root()), conn, "--run-config",
+             f"scenario='tests/compose/tiny.toml' num-server-rounds=3 seed=5 evaluators='loo' out-dir='{out}' "
+             "set='num_clients=4; attacker_ids=[]; sampling.fraction_train=0.5'",
+             "--federation-config", "num-supernodes=4 client-resources-num-cpus=1", "--stream"],
+            env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rounds = read_jsonl(out / "jobs" / "honest__s5" / "rounds.jsonl")
+    # The nodes in partition order, sampled by Python's random seeded by (seed, round): the same
+    # draw over the partition ids 0..3, whatever Flower's node ids were.
+    expected = []
+    for server_round in (1, 2, 3):
+        random.seed(f"fedattr-sample:5:{server_round}")
+        expected.append(sorted(random.sample(range(4), 2)))
+    assert [r["sampled"] for r in rounds] == expected
+    assert [sorted(int(p) for p in r["values"]["loo"]) for r in rounds] == expected
+    summary = read_json(out / "jobs" / "honest__s5" / "summary.json")
+    counts = {int(p): c for p, c in summary["participations"]["loo"].items()}
+    assert counts == {p: sum(p in s for s in expected) for p in range(4) if any(p in s for s in expected)}
