@@ -189,6 +189,22 @@ def test_a_round_waits_for_absent_nodes_at_most_the_timeout_and_records_them_mis
     assert strategy.failure.record.missing_partitions == [1, 2]
 
 
+def test_a_node_silent_last_round_is_not_waited_for_again_and_rejoins_when_connected():
+    w, states = _states(3)
+    strategy = _strategy(3, num_partitions=3, round_timeout_s=2.0, min_clients=2)
+    answer = lambda sent: [_reply(states[(n // 100) - 1], 10, n, n // 100 - 1) for n in sent]  # noqa: E731
+    _round(strategy, w, 1, FakeGrid([100, 200, 300]), answer)
+    gone = FakeGrid([100, 200])
+    t0 = time.monotonic()
+    _round(strategy, w, 2, gone, answer)  # the first round without node 300: one bounded wait
+    assert time.monotonic() - t0 > 1.9 and strategy.rounds_[1].missing_partitions == [2]
+    t0 = time.monotonic()
+    _round(strategy, w, 3, gone, answer)  # still gone: not waited for again
+    assert time.monotonic() - t0 < 1.0 and strategy.rounds_[2].missing_partitions == [2]
+    _round(strategy, w, 4, FakeGrid([100, 200, 300]), answer)  # back: in the round at once
+    assert strategy.rounds_[3].clients == [0, 1, 2] and strategy.rounds_[3].missing_partitions == []
+
+
 def test_fewer_connected_nodes_than_min_clients_fails_the_round_with_its_reason():
     w, _ = _states(3)
     strategy = _strategy(3, num_partitions=3, round_timeout_s=0.2, min_clients=3)

@@ -8,7 +8,8 @@ wraps another one instead of subclassing it; the wrapped strategy aggregates, un
 
 One round is a chain of steps, each a small object or function:
 
-0. sample  (``configure_train``): wait at most ``round_timeout_s`` for the expected nodes, then
+0. sample  (``configure_train``): wait at most ``round_timeout_s`` for the expected nodes (less
+   those silent the round before: a dead node costs one wait, not one a round), then
    go on with those connected (the wrapped strategy samples among them; with ``sample_seed``,
    over the nodes in partition order under a per-round seed, so the sample is reproducible);
 1. screen  (``screen.screen_replies``): reject and record replies that cannot be aggregated or
@@ -213,6 +214,7 @@ class AttributedStrategy(Strategy):
         self._global: ArrayRecord | None = None
         self._sent: list[Message] = []
         self._sampled: list[int] | None = None
+        self._silent = 0  # expected clients that did not reply last round
         self._round_start = time.perf_counter()
         self._recorder = None
         self._evaluated: tuple[ArrayRecord, dict[str, float]] | None = None
@@ -287,7 +289,7 @@ class AttributedStrategy(Strategy):
         elif self.round_timeout_s is None:
             messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         else:
-            nodes = wait_for_nodes(grid, self._expected_nodes(), self.round_timeout_s)
+            nodes = wait_for_nodes(grid, self._nodes_to_wait_for(), self.round_timeout_s)
             if len(nodes) < self.min_clients:
                 self._fail(server_round, [], [], self._missing(set(), []),
                            f"{len(nodes)} nodes connected after waiting {self.round_timeout_s:.0f} s, fewer than "
@@ -302,7 +304,7 @@ class AttributedStrategy(Strategy):
                            grid: Grid) -> list[Message]:
         """The wrapped strategy's sample, drawn from the nodes in partition order under a per-round seed."""
         timeout = float("inf") if self.round_timeout_s is None else self.round_timeout_s
-        nodes = wait_for_nodes(grid, self._expected_nodes(), timeout)
+        nodes = wait_for_nodes(grid, self._nodes_to_wait_for(), timeout)
         if len(nodes) < self.min_clients:
             self._fail(server_round, [], [], self._missing(set(), []),
                        f"{len(nodes)} nodes connected after waiting {timeout:.0f} s, fewer than "
@@ -342,6 +344,11 @@ class AttributedStrategy(Strategy):
         log(INFO, "Asked %d nodes for their partition in %.1f s: %d bound, %d refused, %d without an answer",
             len(nodes), time.perf_counter() - t0, len(accepted), len(refused), len(nodes) - len(claims))
 
+    def _nodes_to_wait_for(self) -> int:
+        """The expected nodes less those silent last round: a dead node costs one bounded wait, not
+        one a round; a node that comes back is in the round as soon as it is connected."""
+        return max(self._expected_nodes() - self._silent, 1)
+
     def _expected_nodes(self) -> int:
         if self.num_partitions is not None:
             return self.num_partitions
@@ -369,6 +376,7 @@ class AttributedStrategy(Strategy):
         replied = {sender(m, senders) for m in replies}
         missing = max(len(missing_partitions), len({int(m.metadata.dst_node_id) for m in self._sent} - replied))
         self.missing_total += missing
+        self._silent = missing
         if missing:
             log(WARNING, "Round %s: %d expected clients did not reply (partitions %s)", server_round, missing,
                 missing_partitions)
