@@ -81,7 +81,7 @@ def test_bar_table_names_each_missed_condition_and_its_shortfall(monkeypatch):
     import benchmarks.defenses as bd
     from fedattr.report import mean_ci
 
-    monkeypatch.setattr(bd, "mitigation_table", lambda res: {"a": {"tau": mean_ci([0.9, 0.9])},
+    monkeypatch.setattr(bd, "mitigation_table", lambda res: {"a": {"tau": mean_ci([0.8 - 1e-16, 0.8 - 1e-16])},
                                                              "b": {"tau": mean_ci([0.7, 0.7])}})
     monkeypatch.setattr(bd, "removed_ci", lambda res, ev: {"a": (0.6, 0.0, 1.0), "b": (0.2, 0.0, 1.0)}[ev])
     monkeypatch.setattr(bd, "holder_table", lambda holder: {"a": mean_ci([0.85, 0.85]), "b": mean_ci([0.5, 0.5])})
