@@ -133,6 +133,8 @@ def test_unbound_detector_and_bad_shapes_are_clear_errors():
     with pytest.raises(ValueError, match="class gradients"):
         footprint_statistics(torch.zeros(2, 5), torch.zeros(1, 5), torch.zeros(1, 4))
     assert "footprint" in DETECTORS
+    with pytest.raises(ValueError, match="needs the public auxiliary split"):
+        make_detector("footprint").bind(FootprintData(_model(), X_REAL, Y_REAL, X_REAL[:0], Y_REAL[:0]))
 
 
 # -- the scoring rule ---------------------------------------------------------------------------------

@@ -245,6 +245,8 @@ class FootprintDetector(Detector):
 
     def bind(self, data: FootprintData, cache_dir=None) -> "FootprintDetector":
         """Build the generator samples from ``data``'s public split and keep its real images."""
+        if len(data.y_public) == 0:
+            raise ValueError("detector 'footprint' needs the public auxiliary split: set data.aux_size > 0")
         x, y = generator_samples(data.model, data.x_public, data.y_public, per_class=self.per_class,
                                  generator_seed=self.generator_seed, generator_epochs=self.generator_epochs,
                                  teacher_epochs=self.teacher_epochs, steps=self.steps, candidates=self.candidates,
