@@ -17,16 +17,17 @@ than real images of ``c``:
 A single SGD step on generator samples gives ``s = 1 - rho_c`` (``rho_c`` the cosine of the two
 gradients), a step on real images ``-(1 - rho_c)``; where the generator's and the real images'
 gradients agree (``rho_c`` near 1) the difference is small whatever the client did, so a class the
-generator renders faithfully cannot flag anyone. A client is flagged on class ``c``
-when ``s_ic > threshold`` and it learns class ``c`` at all (``cos(u_i, -g_gen_c) > min_alignment``).
+generator renders faithfully cannot flag anyone. A client is flagged on class ``c`` when
+``s_ic > threshold`` and it clearly learns class ``c`` (``cos(u_i, -g_gen_c) > min_alignment``).
 
 ``footprint`` is the detector (it needs the server's data: :meth:`FootprintDetector.bind`);
 ``footprint_discounted`` is the scoring rule that uses it on every round game: a flagged client's
 value is discounted, as a whole (``scope = "client"``) or on its flagged classes only
-(``scope = "class"``, also registered as ``footprint_class``: its per-class values, the base evaluator on each class's share of the
-utility, which sum to its plain value). Hypothesis to measure: the generator's images carry a
-direction real images do not, and a genuine holder of real images of the rare classes is not
-flagged; the attacker's alignment term (towards real proxy images) works against it.
+(``scope = "class"``, also registered as ``footprint_class``: its per-class values, the base
+evaluator on each class's share of the utility, which sum to its plain value). Hypothesis to
+measure: the generator's images carry a direction real images do not, and a genuine holder of
+real images of the rare classes is not flagged; the attack's alignment term (towards a real
+proxy-validation gradient) works against it.
 """
 
 from __future__ import annotations
