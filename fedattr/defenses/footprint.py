@@ -143,16 +143,29 @@ def generator_samples(model: torch.nn.Module, x_public: torch.Tensor, y_public: 
     optimiser without its alignment term). Memoised per process on the inputs; the VAE and the labeller
     are cached on disk under ``cache_dir`` when given.
     """
-    from fedattr.attacks import generator as gen
-    from fedattr.attacks.latent import LatentOptimiser
-    from fedattr.attacks.teacher import TeacherTrainer
-
     _check_images("public", x_public, y_public)
     params = (per_class, generator_seed, generator_epochs, teacher_epochs, steps, candidates)
     key = _fingerprint(x_public, y_public) + repr(params) + repr(type(model).__name__) + repr(
         [(k, tuple(v.shape)) for k, v in model.state_dict().items()])
     if key in _SAMPLES:
         return _SAMPLES[key]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums in a fixed order: the same samples in every process
+    try:
+        _SAMPLES[key] = _samples(model, x_public, y_public, per_class, generator_seed, generator_epochs,
+                                 teacher_epochs, steps, candidates, cache_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return _SAMPLES[key]
+
+
+def _samples(model, x_public, y_public, per_class, generator_seed, generator_epochs, teacher_epochs, steps,
+             candidates, cache_dir):
+    """:func:`generator_samples`' work, uncached."""
+    from fedattr.attacks import generator as gen
+    from fedattr.attacks.latent import LatentOptimiser
+    from fedattr.attacks.teacher import TeacherTrainer
+
     channels, side = int(x_public.shape[1]), int(x_public.shape[2])
     vae, _ = gen.train_generator(x_public.cpu(), channels=channels, side=side, epochs=generator_epochs,
                                  seed=generator_seed, cache_dir=cache_dir, source_tag="public")
@@ -166,8 +179,7 @@ def generator_samples(model: torch.nn.Module, x_public: torch.Tensor, y_public: 
     empty = x_public[:0].cpu()
     batch = opt.optimise(vae.decode, vae.latent_dim, teacher, teacher, labels, empty, labels[:0],
                          seed=generator_seed)
-    _SAMPLES[key] = (batch.x.detach(), batch.y.long())
-    return _SAMPLES[key]
+    return batch.x.detach(), batch.y.long()
 
 
 # -- the detector ------------------------------------------------------------------------------------
