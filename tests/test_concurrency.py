@@ -83,6 +83,11 @@ def test_runs_write_one_valid_plan_per_run(tmp_path):
         assert [e.spec.job_id for e in plan.jobs] == [j["spec"]["job_id"] for j in r.jobs]
     one = _runs(plan_path, jobs, 6, 1, tmp_path / "logs")
     assert [(r.plan, r.log.name) for r in one] == [(plan_path, "flwr.log")]
+    # a resume's launch removes the dealt plans of the earlier one
+    assert sorted(p.name for p in tmp_path.glob("plan*.json")) == ["plan.json"]
+    two = _runs(plan_path, jobs, 6, 2, tmp_path / "logs")
+    assert sorted(p.name for p in tmp_path.glob("plan*.json")) == ["plan.0.json", "plan.1.json", "plan.json"]
+    assert len(two) == 2
 
 
 # --------------------------------------------------------------------------- resources and input

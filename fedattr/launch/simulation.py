@@ -122,7 +122,13 @@ class _Run:
 
 def _runs(plan_path: Path, todo: list[dict[str, Any]], num_clients: int, concurrency: int,
           work_dir: Path) -> list[_Run]:
-    """One run for the whole plan (``concurrency`` 1), else one per dealt plan ``plan.<i>.json``."""
+    """One run for the whole plan (``concurrency`` 1), else one per dealt plan ``plan.<i>.json``.
+
+    Dealt plans of an earlier launch are removed first: they describe runs that are over.
+    """
+    for old in plan_path.parent.glob(f"{plan_path.stem}.*.json"):
+        if old.stem.rsplit(".", 1)[-1].isdigit():
+            old.unlink()
     if concurrency <= 1 or len(todo) <= 1:
         return [_Run(0, plan_path, todo, work_dir / "flwr.log")]
     runs = []
