@@ -77,6 +77,16 @@ def test_a_valid_scenario_has_no_problem():
             "max_time": 0, "relative_change": {"window": 5}}}}]}})) == []
 
 
+def test_footprint_components_need_the_public_split_before_a_run():
+    spec = {"num_clients": 4, "detectors": [{"name": "footprint"}],
+            "attribution": {"evaluators": [{"name": "shapley"}, {"name": "footprint_class"}]}}
+    without = check_components(scenario_from_dict({**spec, "data": {"aux_size": 0}}))
+    assert [p.split(":")[0] for p in without] == ["detectors.0 (footprint)",
+                                                  "attribution.evaluators.1 (footprint_class)"]
+    assert all("data.aux_size > 0" in p for p in without)
+    assert check_components(scenario_from_dict({**spec, "data": {"aux_size": 300}})) == []
+
+
 # (id, --set override, what the message must name); each fails `scenario check` with exit 2
 PARAMETERS = [
     ("tmc truncation not a number", 'attribution.evaluators=[{name="tmc",params={truncation="abc"}}]',

@@ -342,6 +342,9 @@ class FootprintDiscounted(_Wrapper):
         The base values.
     """
 
+    #: it reads the public split (``data.aux_size`` > 0), checked before a run starts
+    needs_server_data: ClassVar[bool] = True
+
     def __init__(self, base: str = "shapley", base_params: dict | None = None, scope: str = "client",
                  discount: float = 1.0, detector_params: dict | None = None):
         super().__init__(base, base_params)

@@ -237,6 +237,7 @@ def check_components(scenario: Scenario) -> list[str]:
                 problems.append(f"attribution.evaluators.{i} ({ev.name}): needs aggregation.strategy = "
                                 f"'fedavg' (it expands FedAvg's coefficients), got {agg.strategy!r}")
     problems += sampling_problems(scenario)
+    problems += _server_data_problems(scenario)
     for i, det in enumerate(scenario.detectors):
         if det.name not in reg["detectors"]:
             problems.append(_unknown(f"detectors.{i}.name", "detector", det.name, reg["detectors"]))
@@ -245,6 +246,27 @@ def check_components(scenario: Scenario) -> list[str]:
             validate_detector(det.name, dict(det.params), n)
         except Exception as exc:  # noqa: BLE001
             problems.append(f"detectors.{i} ({det.name}): {exc}")
+    return problems
+
+
+def _server_data_problems(scenario: Scenario) -> list[str]:
+    """Components that test updates against the server's public split need one."""
+    from fedattr.defenses import DETECTORS
+    from fedattr.evaluators import EVALUATORS
+
+    def needs(cls: type | None) -> bool:
+        return bool(getattr(cls, "needs_server_data", False))
+
+    problems = []
+    public = scenario.data.aux_size > 0
+    for i, det in enumerate(scenario.detectors):
+        if needs(DETECTORS.get(det.name)) and not public:
+            problems.append(f"detectors.{i} ({det.name}): needs the public split the server trains the "
+                            f"generator on: set data.aux_size > 0")
+    for i, ev in enumerate(scenario.attribution.evaluators):
+        if needs(EVALUATORS.get(ev.name)) and not public:
+            problems.append(f"attribution.evaluators.{i} ({ev.name}): needs the public split the server "
+                            f"trains the generator on: set data.aux_size > 0")
     return problems
 
 
