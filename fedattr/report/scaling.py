@@ -100,7 +100,9 @@ def _bench_section(bench: dict) -> list[str]:
                        for name, r in (("sequential", seq), (f"--jobs {conc['jobs_at_once']}", conc))])
     lines += [f"- speed-up (sequential wall / concurrent wall): **{bench['speedup']:.2f}x**",
               f"- round records equal to the sequential run's (every field but timings): "
-              f"**{'yes' if bench['equal'] else 'NO'}**", ""]
+              f"**{'yes' if bench['equal'] else 'NO'}**",
+              "- where the time goes, and the speed-up modelled for more cores: [docs/scaling.md](../scaling.md), "
+              "\"Concurrent jobs and several machines\"", ""]
     return lines
 
 
