@@ -9,6 +9,7 @@ second run, and a re-run that reproduces an uninterrupted run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -307,6 +308,13 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+def _compare_rounds():
+    spec = importlib.util.spec_from_file_location("compare_rounds", ROOT / "scripts" / "compare_rounds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.compare
+
+
 def _values(results: Path) -> dict:
     out = {}
     for rounds in sorted(results.glob("jobs/*/rounds.jsonl")):
@@ -337,14 +345,16 @@ def _family(pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_sigkill_mid_run_leaves_nothing_and_a_rerun_matches_an_uninterrupted_run(tmp_path):
+def test_sigkill_mid_run_leaves_nothing_and_a_rerun_matches_an_uninterrupted_concurrent_run(tmp_path):
+    """A run killed mid-way and resumed (one job at a time) ends with the round records of an
+    uninterrupted run whose two jobs ran at once (``--jobs 2``: two Flower runs on one SuperLink)."""
     scenario = tmp_path / "faults.toml"
     scenario.write_text(TINY)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     # The uninterrupted reference run is independent of the other runs (its own directory, tag,
     # SuperLink and Ray instance), so it runs alongside them rather than before them: a run's
     # start-up is mostly waiting, and the test pays for two runs' start-up in a row instead of three.
-    ref = _cli(["run", str(scenario), "--out", str(reference), "--no-report"])
+    ref = _cli(["run", str(scenario), "--out", str(reference), "--no-report", "--jobs", "2"])
     first = _cli(["run", str(scenario), "--out", str(killed), "--no-report"])
     launched = [ref, first]
     try:
@@ -383,6 +393,11 @@ def test_sigkill_mid_run_leaves_nothing_and_a_rerun_matches_an_uninterrupted_run
                 proc.communicate(timeout=120)
     assert _values(killed) == _values(reference)
     assert all(job_state(j).status == "finished" for j in killed.glob("jobs/*"))
+    # every field of every round record but timings, sequential (resumed) against concurrent
+    assert json.loads((reference / "environment.json").read_text())["concurrent_runs"] == 2
+    assert sorted(p.name for p in (reference / "logs").glob("flwr.*.log")) == ["flwr.0.log", "flwr.1.log"]
+    jobs, rounds, diffs, _ = _compare_rounds()(killed, reference)
+    assert (jobs, rounds, diffs) == (2, 6, [])
 
 
 # --------------------------------------------------------------------------- a full disk
