@@ -79,7 +79,8 @@ class RoundFollower:
             key = j["spec"]["job_id"]
             if key in self.ended:
                 continue
-            ended = job_state(j["dir"]).done
+            state = job_state(j["dir"])
+            ended = state.done
             try:
                 records = read_rounds(Path(j["dir"]) / "rounds.jsonl")
             except (RecordError, OSError, UnicodeDecodeError):
@@ -96,8 +97,7 @@ class RoundFollower:
                                          jobs_total=len(self.jobs)))
             self.seen[key] = max(self.seen.get(key, 0), len(records))
             if ended:
-                status = job_state(j["dir"])
-                emit(self.progress, {"event": "job", "job": key, "status": status.status, "reason": status.detail,
+                emit(self.progress, {"event": "job", "job": key, "status": state.status, "reason": state.detail,
                                      "jobs_done": len(self.ended), "jobs_total": len(self.jobs)})
         emit(self.progress, {"event": "jobs", "jobs_done": len(self.ended), "jobs_total": len(self.jobs)})
         return len(self.ended)

@@ -254,8 +254,10 @@ def _execute(runs: list[_Run], jobs: list[dict[str, Any]], fed_cfg: str, work_di
             while live:
                 time.sleep(1.0)
                 follower.tick()
-                # A run is over when its process exits or every job of its plan has ended.
-                live = [r for r in live if r.proc.poll() is None and r.unfinished()]
+                # A run is over when its process exits or every job of its plan has ended (the
+                # follower has just read each job's state: no second read of its files).
+                live = [r for r in live if r.proc.poll() is None
+                        and any(j["spec"]["job_id"] not in follower.ended for j in r.jobs)]
             for run in runs:
                 run.proc.wait(timeout=120)
             follower.tick()  # rounds written while the last tick ran

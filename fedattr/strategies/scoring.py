@@ -185,23 +185,27 @@ class AttributionTotals:
             for pid, v_honest in cf.items():
                 infl[pid] = infl.get(pid, 0.0) + attribution.values[ev][pid] - v_honest
 
+    def _each(self, attribute: str) -> dict[str, dict]:
+        """Per evaluator, one attribute of its CumulativeValues as a plain dict."""
+        return {ev: dict(getattr(c, attribute)) for ev, c in self.per_evaluator.items()}
+
     @property
     def cumulative(self) -> dict[str, dict[int, float]]:
-        return {ev: dict(c.total_) for ev, c in self.per_evaluator.items()}
+        return self._each("total_")
 
     @property
     def normalised(self) -> dict[str, dict[int, float]]:
-        return {ev: dict(c.normalised_) for ev, c in self.per_evaluator.items()}
+        return self._each("normalised_")
 
     @property
     def per_participation(self) -> dict[str, dict[int, float]]:
         """Per evaluator: each client's cumulative value divided by the rounds it took part in."""
-        return {ev: dict(c.per_participation_) for ev, c in self.per_evaluator.items()}
+        return self._each("per_participation_")
 
     @property
     def participations(self) -> dict[str, dict[int, int]]:
         """Per evaluator: the rounds in which each client had a value (was sampled and scored)."""
-        return {ev: dict(c.rounds_present_) for ev, c in self.per_evaluator.items()}
+        return self._each("rounds_present_")
 
     def ranks(self) -> dict[str, dict[int, int]]:
         """Rank of every client by cumulative value, per evaluator (1 = highest)."""
