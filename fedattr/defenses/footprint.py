@@ -33,7 +33,6 @@ proxy-validation gradient) works against it.
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -122,15 +121,6 @@ def footprint_statistics(updates: torch.Tensor, g_gen: torch.Tensor, g_real: tor
 _SAMPLES: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = torch.as_tensor(t).detach().cpu().contiguous()
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
 def generator_samples(model: torch.nn.Module, x_public: torch.Tensor, y_public: torch.Tensor, *, per_class: int,
                       generator_seed: int, generator_epochs: int, teacher_epochs: int, steps: int,
                       candidates: int, cache_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,10 +133,11 @@ def generator_samples(model: torch.nn.Module, x_public: torch.Tensor, y_public: 
     optimiser without its alignment term). Memoised per process on the inputs; the VAE and the labeller
     are cached on disk under ``cache_dir`` when given.
     """
+    from fedattr.attacks._util import architecture_signature, tensor_fingerprint
+
     _check_images("public", x_public, y_public)
     params = (per_class, generator_seed, generator_epochs, teacher_epochs, steps, candidates)
-    key = _fingerprint(x_public, y_public) + repr(params) + repr(type(model).__name__) + repr(
-        [(k, tuple(v.shape)) for k, v in model.state_dict().items()])
+    key = tensor_fingerprint(x_public, y_public) + repr(params) + repr(architecture_signature(model))
     if key in _SAMPLES:
         return _SAMPLES[key]
     threads = torch.get_num_threads()
