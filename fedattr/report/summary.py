@@ -432,14 +432,16 @@ def _sampled_client_rows(res: ScenarioResults, headers: list[str]) -> tuple[list
     ev0 = res.evaluators[0] if res.evaluators else None
     headers = ["client"] + [f"{arm} rounds" for arm in res.arms] + headers[2:] + [
         f"{arm} {ev} per part." for arm in res.arms for ev in res.evaluators]
+    # Each job's counts and rates once, not once per client.
+    counts = {arm: [participations(j, ev0) for j in res.runs(arm)] if ev0 else [] for arm in res.arms}
+    rates = {(arm, ev): [per_participation(j, ev) for j in res.runs(arm)] for arm in res.arms for ev in res.evaluators}
     rows = []
     for pid in res.clients():
         row = [f"{pid}{'*' if pid in res.attacker_ids else ''}"]
-        row += [f"{mean_ci(participations(j, ev0).get(pid, 0) for j in res.runs(arm)).mean:g}"
-                if ev0 else "—" for arm in res.arms]
+        row += [f"{mean_ci(c.get(pid, 0) for c in counts[arm]).mean:g}" if ev0 else "—" for arm in res.arms]
         row += [fmt_num(mean_ci(j.cumulative(ev).get(pid, math.nan) for j in res.runs(arm)).mean)
                 for arm in res.arms for ev in res.evaluators]
-        row += [fmt_num(mean_ci(per_participation(j, ev).get(pid, math.nan) for j in res.runs(arm)).mean)
+        row += [fmt_num(mean_ci(r.get(pid, math.nan) for r in rates[arm, ev]).mean)
                 for arm in res.arms for ev in res.evaluators]
         rows.append(row)
     return headers, rows
