@@ -17,10 +17,14 @@ Each is a registered evaluator (``fedattr.evaluators.EVALUATORS``) that wraps a 
     the base evaluator on the coalitions of the clients a detector does not flag this round;
     flagged clients get 0.
 
-The utility-level ones (``mom``, ``coverage_weighted``) rebuild the round game on the validation data
-of the game's :class:`~fedattr.evaluators.ModelUtility`; ``filtered`` reads the game's updates. On a
-game that has neither (a table or a function, as in scenario validation), there is nothing to act
-on: they return the base evaluator's values and set ``applied_ = False``.
+The utility-level ones (``mom``, ``coverage_weighted``) regroup the validation data of the game's
+:class:`~fedattr.evaluators.ModelUtility`. With an accuracy utility they read the per-class correct
+counts the round game keeps of every coalition it evaluated (:meth:`RoundGame.class_correct`), so
+they cost nothing once another evaluator (exact Shapley) has evaluated the same coalitions;
+otherwise (``mom`` by random groups or on ``neg_ce``) they rebuild the round game on a
+:class:`ShardedUtility`. ``filtered`` reads the game's updates. On a game that has neither (a table
+or a function, as in scenario validation), there is nothing to act on: they return the base
+evaluator's values and set ``applied_ = False``.
 """
 
 from __future__ import annotations
@@ -210,18 +214,51 @@ class ShardedUtility:
         return np.asarray(self.reduce(self.table(params)), dtype=np.float64)
 
 
+class _ClassCounts:
+    """Per-class correct counts of coalitions read from a round game's memo
+    (:meth:`RoundGame.class_correct`), counting the distinct coalitions requested and those the
+    game had to evaluate for them."""
+
+    def __init__(self, game: RoundGame):
+        self.game = game
+        self.counts = game.class_counts
+        self.requested: set[int] = set()
+        self.evaluated = 0
+
+    def __call__(self, masks: Sequence[int]) -> np.ndarray:
+        masks = [int(m) for m in masks]
+        self.requested.update(masks)
+        before = self.game.n_class_evaluations
+        out = self.game.class_correct(masks)
+        self.evaluated += self.game.n_class_evaluations - before
+        return out
+
+
 class _UtilityWrapper(_Wrapper):
-    """Runs the base evaluator on the round game rebuilt with another utility (``_utility``)."""
+    """Runs the base evaluator on the round game under another utility: computed from the game's
+    per-class correct counts where ``_from_counts`` can (``_counted``), else on the round game
+    rebuilt with ``_utility``."""
 
     def fit(self, game, seed=None):
         self._game_ = None
+        self._counts_ = None
         super().fit(game, seed)
-        inner = self._game_
+        inner, counts = self._game_, self._counts_
         if inner is not None:
             # The rebuilt game has its own cache: every coalition it evaluated is new cost.
             self.n_evaluations_ = int(inner.cache.n_evaluations)
             self.n_new_evaluations_ = int(inner.cache.n_evaluations)
+        elif counts is not None:
+            self.n_evaluations_ = len(counts.requested)
+            self.n_new_evaluations_ = int(counts.evaluated)
         return self
+
+    def _counted(self, game: RoundGame, utility: ModelUtility) -> bool:
+        raise NotImplementedError
+
+    def _from_counts(self, game: RoundGame, utility: ModelUtility,
+                     counts: _ClassCounts) -> Callable[[list[int]], np.ndarray]:
+        raise NotImplementedError
 
     def _utility(self, game: RoundGame, utility: ModelUtility, rng: np.random.Generator) -> ShardedUtility:
         raise NotImplementedError
@@ -233,6 +270,10 @@ class _UtilityWrapper(_Wrapper):
             self.applied_ = False
             return self._base().fit(_proxy(game, req.values), seed=seed).values_
         self.applied_ = True
+        if game.has_class_counts and self._counted(game, utility):
+            self._counts_ = _ClassCounts(game)
+            values_of = self._from_counts(game, utility, self._counts_)
+            return self._base().fit(_proxy(game, values_of), seed=seed).values_
         new = self._utility(game, utility, rng)
         self._game_ = RoundGame(new, game.base, game.updates, weights=game.weights, players=game.players,
                                 aggregate=game.aggregate_fn)
@@ -286,6 +327,25 @@ class MedianOfMeans(_UtilityWrapper):
         self.n_shards_ = len(groups)
         return ShardedUtility(utility, groups, lambda t: np.median(t, axis=1))
 
+    def _counted(self, game, utility):
+        # A class group's accuracy is its classes' correct counts over their examples.
+        return self.by == "class" and utility.metric == "accuracy"
+
+    def _from_counts(self, game, utility, counts):
+        _, _, y = _validation_of(utility)
+        y = y.cpu()
+        groups = validation_groups(y, self.shards, self.by, self.seed)
+        self.n_shards_ = len(groups)
+        classes = [torch.unique(y[g]).numpy() for g in groups if g.numel()]
+        sizes = [counts.counts[c].sum() for c in classes]
+
+        def values_of(masks: list[int]) -> np.ndarray:
+            correct = counts(masks)
+            table = np.stack([correct[:, c].sum(1) / k for c, k in zip(classes, sizes)], axis=1)
+            return np.median(table, axis=1)
+
+        return values_of
+
 
 # -- (c) coverage-weighted per-class gains ------------------------------------------------------
 
@@ -313,6 +373,33 @@ class CoverageWeighted(_UtilityWrapper):
         ``a_c`` per class present in the validation set.
     """
 
+    def _counted(self, game, utility):
+        return True  # per-class recall is correct_c / count_c under any argmax metric
+
+    def _from_counts(self, game, utility, counts):
+        present = np.flatnonzero(counts.counts > 0)
+        sizes = counts.counts[present]
+
+        def recall(masks: list[int]) -> np.ndarray:
+            return counts(masks)[:, present] / sizes
+
+        full = game.full_mask
+        t = recall([0, full] + [full ^ (1 << i) for i in range(game.n)])
+        r0, a = self._weights(game, t)
+        return lambda masks: (r0 + a * (recall(masks) - r0)).mean(1)
+
+    def _weights(self, game, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``r_c(empty)`` and the class weights ``a_c`` from the recalls ``t`` of the empty, full
+        and leave-one-out coalitions (rows in that order); sets ``class_weights_``."""
+        r0, rn, loo = t[0], t[1], t[2:]
+        gain = rn - r0
+        drop = (rn[None] - loo).max(0) if game.n else np.zeros_like(gain)
+        a = np.ones_like(gain)
+        up = gain > 0
+        a[up] = np.clip(1.0 - drop[up] / gain[up], 0.0, 1.0)
+        self.class_weights_ = a
+        return r0, a
+
     def _utility(self, game, utility, rng):
         _, _, y = _validation_of(utility)
         y = y.cpu()
@@ -322,13 +409,7 @@ class CoverageWeighted(_UtilityWrapper):
         masks = [0, full] + [full ^ (1 << i) for i in range(game.n)]
         with torch.no_grad():
             t = per_class.table(game.aggregate_many(masks))
-        r0, rn, loo = t[0], t[1], t[2:]
-        gain = rn - r0
-        drop = (rn[None] - loo).max(0) if game.n else np.zeros_like(gain)
-        a = np.ones_like(gain)
-        up = gain > 0
-        a[up] = np.clip(1.0 - drop[up] / gain[up], 0.0, 1.0)
-        self.class_weights_ = a
+        r0, a = self._weights(game, t)
         per_class.reduce = lambda t: (r0 + a * (t - r0)).mean(1)
         return per_class
 

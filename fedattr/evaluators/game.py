@@ -7,6 +7,7 @@ coalition and ``game.full_mask == 2**n - 1`` the grand coalition.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -163,6 +164,15 @@ class RoundGame(Game):
     aggregate : callable, optional
         Custom aggregation of a non-empty coalition, ``aggregate(updates[k, P], weights[k]) ->
         update[P]`` (e.g. coordinate-wise median); replaces FedAvg.
+
+    Attributes
+    ----------
+    has_class_counts : bool
+        Whether the game keeps each evaluated coalition's per-class correct counts
+        (:meth:`class_correct`): true when ``utility`` is a :class:`ModelUtility` with an argmax
+        metric (``accuracy`` or ``balanced_accuracy``), whose forward pass yields them at no cost.
+    n_class_evaluations : int
+        Coalitions :meth:`class_correct` evaluated because their counts were not memoised.
     """
 
     def __init__(
@@ -195,6 +205,49 @@ class RoundGame(Game):
             raise ValueError("weights must be finite and non-negative")
         self.weights = w
         self.aggregate_fn = aggregate
+        # Per-class correct counts of every evaluated coalition (mask -> [C] row): evaluators that
+        # regroup the validation classes read them instead of re-evaluating the coalitions.
+        self._class_memo: dict[int, np.ndarray] | None = (
+            {} if getattr(utility, "metric", None) in ("accuracy", "balanced_accuracy")
+            and callable(getattr(utility, "evaluate_with_class_counts", None)) else None
+        )
+        self.n_class_evaluations = 0
+
+    @property
+    def has_class_counts(self) -> bool:
+        return self._class_memo is not None
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Validation examples of each class, float64 ``[C]`` (needs :attr:`has_class_counts`)."""
+        self._need_class_counts()
+        return self.utility.class_counts_
+
+    def class_correct(self, masks: Iterable[int]) -> np.ndarray:
+        """Per-class correct counts ``[K, C]`` (float64, integer valued) of the models of
+        ``masks`` on the validation set.
+
+        Read from the memo of the coalitions evaluated so far; the others are evaluated in one
+        batch, and their values join the game's cache (counted there as evaluations), so a later
+        value request does not evaluate them again. Needs :attr:`has_class_counts`.
+        """
+        self._need_class_counts()
+        masks = [int(m) for m in masks]
+        memo = self._class_memo
+        missing = list(dict.fromkeys(m for m in masks if m not in memo))
+        if missing:
+            t0 = time.perf_counter()
+            values = self._evaluate(missing)
+            self.cache.record(zip(missing, values.tolist()), seconds=time.perf_counter() - t0)
+            self.n_class_evaluations += len(missing)
+        if not masks:
+            return np.empty((0, self.utility.num_classes_))
+        return np.stack([memo[m] for m in masks])
+
+    def _need_class_counts(self) -> None:
+        if self._class_memo is None:
+            raise ValueError("per-class correct counts need a ModelUtility with metric 'accuracy' or "
+                             f"'balanced_accuracy'; this game's utility is {self.utility!r}")
 
     @classmethod
     def from_state_dicts(
@@ -244,10 +297,16 @@ class RoundGame(Game):
     def _evaluate(self, masks: list[int]) -> np.ndarray:
         step = int(getattr(self.utility, "max_coalitions_per_call_", len(masks)) or len(masks))
         out = np.empty(len(masks), dtype=np.float64)
+        memo = self._class_memo
         with torch.no_grad():
             for s in range(0, len(masks), step):
                 chunk = masks[s:s + step]
-                out[s:s + len(chunk)] = np.asarray(self.utility(self.aggregate_many(chunk)), dtype=np.float64)
+                if memo is None:
+                    out[s:s + len(chunk)] = np.asarray(self.utility(self.aggregate_many(chunk)), dtype=np.float64)
+                else:
+                    values, counts = self.utility.evaluate_with_class_counts(self.aggregate_many(chunk))
+                    out[s:s + len(chunk)] = values
+                    memo.update(zip(chunk, counts))
         return out
 
 

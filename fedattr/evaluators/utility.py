@@ -113,6 +113,8 @@ class ModelUtility:
     num_classes_ : int
     classes_present_ : Tensor
         Labels present in the validation set used (the classes ``balanced_accuracy`` averages).
+    class_counts_ : ndarray
+        Validation examples of each class used, float64 ``[num_classes_]``.
     max_coalitions_per_call_ : int
         Parameter sets evaluated together under ``max_memory_bytes``.
     n_calls_, n_models_, seconds_ : int, int, float
@@ -320,6 +322,25 @@ class ModelUtility:
             raise ValueError(f"unknown metric(s) {unknown or metrics!r}; valid: {', '.join(METRICS)}")
         return self._run(params, metrics)
 
+    def evaluate_with_class_counts(self, params: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Utilities and per-class correct counts of a ``[K, P]`` batch (or one ``[P]`` vector) of
+        parameter sets, from one forward pass each.
+
+        Returns ``(values, counts)``: ``values`` float64 ``[K]``, equal to ``self(params)``;
+        ``counts`` float64 ``[K, num_classes_]``, the validation examples of each class the model
+        classifies correctly (integer valued). Available for the argmax metrics only.
+        """
+        if self.metric not in ("accuracy", "balanced_accuracy"):
+            raise ValueError(f"per-class correct counts need metric 'accuracy' or 'balanced_accuracy', not {self.metric!r}")
+        counts: list[np.ndarray] = []
+        values = self._run(params, tuple(dict.fromkeys((self.metric, "balanced_accuracy"))), counts)[self.metric]
+        return values, (np.concatenate(counts) if counts else np.empty((0, self.num_classes_)))
+
+    @property
+    def class_counts_(self) -> np.ndarray:
+        """Validation examples of each class, float64 ``[num_classes_]`` (0 for absent classes)."""
+        return self._class_counts.cpu().numpy().copy()
+
     def _parameter_sets(self, params) -> torch.Tensor:
         """``params`` as a ``[K, P]`` tensor (one ``[P]`` vector becomes ``K = 1``); any other
         shape is a ``ValueError``."""
@@ -330,7 +351,10 @@ class ModelUtility:
             raise ValueError(f"expected parameter sets of shape [K, {self.layout.size}], got {tuple(params.shape)}")
         return params
 
-    def _run(self, params: torch.Tensor, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _run(self, params: torch.Tensor, metrics: tuple[str, ...],
+             class_counts: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Metrics of ``params``; with ``class_counts`` (a list) and ``"balanced_accuracy"`` among
+        ``metrics``, each chunk's per-class correct counts ``[k, C]`` are appended to it."""
         params = self._parameter_sets(params)
         t0 = time.perf_counter()
         params = params.to(self.device, self.layout.dtype)
@@ -340,6 +364,8 @@ class ModelUtility:
             for start in range(0, params.shape[0], step):
                 chunk = params[start:start + step]
                 stats = self.engine_.statistics(chunk, metrics)
+                if class_counts is not None:
+                    class_counts.append(stats["balanced_accuracy"].cpu().numpy().astype(np.float64))
                 for m, v in self._finish(stats, metrics).items():
                     out[m][start:start + chunk.shape[0]] = v
         self.n_calls_ += 1
