@@ -28,6 +28,9 @@ A defence that removes the inflation by punishing whoever covers rare classes fa
 With ``--holder``, table 4 checks issue 23's bar per evaluator: at least half of Shapley's inflation
 removed, benign tau >= 0.8, >= 80% of the holder's value kept; it names each condition missed and
 by how much.
+
+The mitigation figures (tables 2 to 4) are computed by :mod:`fedattr.report.defenses`, which also
+writes the generated page (``fedattr report --defenses DIR --holder DIR --to PAGE.md``).
 """
 
 from __future__ import annotations
@@ -42,20 +45,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fedattr.report import fmt_ci, fmt_num, kendall_between, load_results, mean_ci, merge_results  # noqa: E402
+from fedattr.report import fmt_ci, fmt_num, load_results, mean_ci, merge_results  # noqa: E402
+from fedattr.report.defenses import (BAR, PLAIN, bar_table, holder_table, mitigation_table,  # noqa: E402
+                                     removed_ci)
+from fedattr.report.defenses import arm_of as _arm_of  # noqa: E402
+from fedattr.report.defenses import finished as _finished  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "defenses_claim.toml"
-PLAIN = "shapley"
-
-
-def _finished(res, arm: str) -> list:
-    """The arm's finished jobs: a job still running is not a seed yet."""
-    return [j for j in res.runs(arm) if j.finished]
 
 
 def _flag_rate(job, detector: str, pids: list[str]) -> float:
@@ -81,10 +81,6 @@ def _detectors(res) -> list[str]:
     return names
 
 
-def _arm_of(res, attack: str) -> str | None:
-    return next((a.name for a in res.scenario.arms if a.attack == attack), None)
-
-
 def detector_table(res) -> dict[str, dict[str, Any]]:
     """``{detector: {column: MeanCI over seeds}}``."""
     attackers = list(res.attacker_ids)
@@ -106,126 +102,6 @@ def detector_table(res) -> dict[str, dict[str, Any]]:
 
 def _clients(job) -> list[str]:
     return sorted({str(c) for rec in job.rounds for c in rec.clients}, key=int)
-
-
-def _nanmean(xs) -> float:
-    fin = [x for x in xs if math.isfinite(x)]
-    return float(np.mean(fin)) if fin else math.nan
-
-
-def _cost(job, ev: str) -> tuple[float, float]:
-    """Mean distinct utility evaluations and seconds per round of ``ev`` in one job."""
-    evals, secs = [], []
-    for rec in job.rounds:
-        per_ev = rec.timings.get("evaluators_s") or {}
-        evals.append(float(rec.utility_evaluations.get(ev, math.nan)))
-        secs.append(float(per_ev.get(ev, math.nan)))
-    return _nanmean(evals), _nanmean(secs)
-
-
-def mitigation_table(res) -> dict[str, dict[str, Any]]:
-    """``{evaluator: {inflation, left, left_median, tau, tau_own, honest_tau, evals, seconds}}``.
-
-    Inflation and the taus come from the latent-attack arm; ``honest_tau`` (all clients, the
-    evaluator against plain Shapley in the honest arm) and the cost from the honest arm.
-    """
-    arm = _arm_of(res, "latent")
-    att = res.attacker_ids[0] if res.attacker_ids else None
-    attack_runs = _finished(res, arm) if arm and att is not None else []
-    honest_runs = _finished(res, res.honest_arm) if res.honest_arm else []
-    plain_infl = {j.seed: j.counterfactual_inflation(PLAIN).get(att, math.nan) for j in attack_runs}
-    out = {}
-    for ev in res.evaluators:
-        infl, ratios, taus, taus_own = {}, [], [], []
-        for job in attack_runs:
-            infl[job.seed] = job.counterfactual_inflation(ev).get(att, math.nan)
-            p = plain_infl.get(job.seed, math.nan)
-            if math.isfinite(p) and p != 0 and math.isfinite(infl[job.seed]):
-                ratios.append(infl[job.seed] / p)
-            honest = res.jobs.get((res.honest_arm, job.seed)) if res.honest_arm else None
-            if honest is not None:
-                benign = [c for c in job.cumulative(ev) if c not in res.attacker_ids]
-                taus.append(kendall_between(honest.cumulative(PLAIN), job.cumulative(ev), keys=benign))
-                taus_own.append(kendall_between(honest.cumulative(ev), job.cumulative(ev), keys=benign))
-        costs = [_cost(j, ev) for j in honest_runs]
-        paired = [s for s in infl if math.isfinite(infl[s]) and math.isfinite(plain_infl.get(s, math.nan))]
-        denom = sum(plain_infl[s] for s in paired)
-        out[ev] = {
-            "inflation": mean_ci(infl.values()),
-            "left": sum(infl[s] for s in paired) / denom if paired and denom != 0 else math.nan,
-            "left_median": float(np.median(ratios)) if ratios else math.nan,
-            "tau": mean_ci(taus),
-            "tau_own": mean_ci(taus_own),
-            "honest_tau": mean_ci([kendall_between(j.cumulative(PLAIN), j.cumulative(ev)) for j in honest_runs]),
-            "evals": _nanmean([c[0] for c in costs]),
-            "seconds": _nanmean([c[1] for c in costs]),
-        }
-    return out
-
-
-def removed_ci(res, ev: str, confidence: float = 0.95, draws: int = 2000) -> tuple[float, float, float]:
-    """Share of plain Shapley's counterfactual inflation that ``ev`` removes, ``1 - sum(ev)/sum(plain)``
-    over seeds paired in the latent-attack arm, with a bootstrap percentile interval over seeds."""
-    arm = _arm_of(res, "latent")
-    att = res.attacker_ids[0] if res.attacker_ids else None
-    if arm is None or att is None:
-        return math.nan, math.nan, math.nan
-    pairs = [(j.counterfactual_inflation(ev).get(att, math.nan), j.counterfactual_inflation(PLAIN).get(att, math.nan))
-             for j in _finished(res, arm)]
-    pairs = np.array([p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])], dtype=float).reshape(-1, 2)
-    if len(pairs) == 0 or pairs[:, 1].sum() == 0:
-        return math.nan, math.nan, math.nan
-    point = 1.0 - pairs[:, 0].sum() / pairs[:, 1].sum()
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(pairs), size=(draws, len(pairs)))
-    num, den = pairs[idx, 0].sum(1), pairs[idx, 1].sum(1)
-    boot = 1.0 - num[den != 0] / den[den != 0]
-    if boot.size == 0:
-        return point, math.nan, math.nan
-    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return point, float(lo), float(hi)
-
-
-def holder_table(res) -> dict[str, Any]:
-    """``{evaluator: MeanCI}``: per seed, the genuine holder's cumulative value under the evaluator
-    over its cumulative plain-Shapley value, in every finished job of the holder run."""
-    holder = res.scenario.partition.genuine_holder
-    if holder is None:
-        raise ValueError(f"{res.path}: its scenario has no partition.genuine_holder")
-    jobs = [j for arm in res.arms for j in _finished(res, arm)]
-    out = {}
-    for ev in res.evaluators:
-        kept = []
-        for job in jobs:
-            plain = job.cumulative(PLAIN).get(str(holder), math.nan)
-            mine = job.cumulative(ev).get(str(holder), math.nan)
-            if math.isfinite(plain) and plain != 0 and math.isfinite(mine):
-                kept.append(mine / plain)
-        out[ev] = mean_ci(kept)
-    return out
-
-
-#: Issue 23's bar: share of the exact-Shapley inflation removed, benign Kendall tau, share of the
-#: genuine holder's value kept.
-BAR = {"removed": 0.5, "tau": 0.8, "kept": 0.8}
-
-
-def bar_table(res, holder) -> dict[str, dict[str, Any]]:
-    """``{evaluator: {removed, tau, kept, fails}}``: the three bar figures (point estimates: the
-    paired share removed, the benign tau's mean, the holder's kept share's mean) and, per condition
-    it misses, by how much (``fails``: ``{condition: shortfall}``; NaN where a figure is missing)."""
-    mit = mitigation_table(res)
-    kept = holder_table(holder) if holder is not None else {}
-    out = {}
-    for ev, row in mit.items():
-        fig = {"removed": removed_ci(res, ev)[0], "tau": row["tau"].mean,
-               "kept": kept[ev].mean if ev in kept else math.nan}
-        # A tolerance of 1e-9: a Kendall tau of exactly 0.8 (one discordant pair of five) can come
-        # out as 0.7999999999999999.
-        fails = {k: BAR[k] - v if math.isfinite(v) else math.nan for k, v in fig.items()
-                 if not (math.isfinite(v) and v >= BAR[k] - 1e-9)}
-        out[ev] = {**fig, "fails": fails}
-    return out
 
 
 def render_bar(res, holder) -> str:

@@ -32,6 +32,13 @@ def report(results_dir: Annotated[Path, _DIR],
            scaling: Annotated[bool, typer.Option(
                "--scaling", help="Read RESULTS_DIR and MORE_DIRS as scale runs and write the scaling page "
                                  "(needs --to): attribution / training per round, and --bench's figures.")] = False,
+           defenses: Annotated[bool, typer.Option(
+               "--defenses", help="Read RESULTS_DIR as a run of scenarios/defenses_new.toml and write the defences "
+                                  "page (needs --to): each mitigation against issue 23's bar, the adaptive "
+                                  "attacker.")] = False,
+           holder: Annotated[Optional[Path], typer.Option(
+               "--holder", metavar="HOLDER_DIR", help="With --defenses: the genuine-holder run "
+                                                      "(scenarios/defenses_holder.toml).")] = None,
            bench: Annotated[Optional[Path], typer.Option(
                "--bench", metavar="JSON", help="With --scaling: the JSON of `python -m benchmarks.concurrency "
                                                "--json` (sequential against concurrent jobs).")] = None,
@@ -47,9 +54,14 @@ def report(results_dir: Annotated[Path, _DIR],
     Breadth study: fedattr report --breadth results/breadth_claim results/breadth_dataset ... --to docs/results/breadth.md
 
     Scaling: fedattr report --scaling results/scale100 results/scale500_sampled --bench concurrency.json --to docs/results/scaling.md
+
+    Defences: fedattr report --defenses results/defenses_new --holder results/defenses_holder --to docs/results/defenses.md
     """
     from fedattr.report import STATS_JSON, summarize, write_page, write_report
 
+    if defenses or holder is not None:
+        _defenses_page(results_dir, more_dirs or [], to, holder, defenses, breadth or scaling or bench is not None)
+        return
     if scaling:
         _scaling_page(results_dir, more_dirs or [], to, bench, breadth)
         return
@@ -99,6 +111,23 @@ def _scaling_page(first: Path, more: list[Path], to: Optional[Path], bench: Opti
         if not d.is_dir():
             raise UserError(f"results directory not found: {d}")
     path = write_scaling_page([first, *more], to, bench, command="fedattr " + shlex.join(sys.argv[1:]))
+    out().print(f"report: {escape(str(path))}")
+
+
+def _defenses_page(first: Path, more: list[Path], to: Optional[Path], holder: Optional[Path], defenses: bool,
+                   other_page: bool) -> None:
+    """``report --defenses``: the defences page from a defences run and its genuine-holder run."""
+    from fedattr.report.defenses import write_defenses_page
+
+    if not defenses:
+        raise UserError("--holder is read only with --defenses")
+    if other_page:
+        raise UserError("--defenses writes its own page: it takes no --breadth, --scaling or --bench")
+    if more:
+        raise UserError(f"--defenses reads one results directory (and --holder HOLDER_DIR); got also {more[0]}")
+    if to is None:
+        raise UserError("--defenses writes one page: name it with --to PAGE.md (e.g. docs/results/defenses.md)")
+    path = write_defenses_page(first, holder, to, command="fedattr " + shlex.join(sys.argv[1:]))
     out().print(f"report: {escape(str(path))}")
 
 
