@@ -127,7 +127,10 @@ def _defenses_page(first: Path, more: list[Path], to: Optional[Path], holder: Op
         raise UserError(f"--defenses reads one results directory (and --holder HOLDER_DIR); got also {more[0]}")
     if to is None:
         raise UserError("--defenses writes one page: name it with --to PAGE.md (e.g. docs/results/defenses.md)")
-    path = write_defenses_page(first, holder, to, command="fedattr " + shlex.join(sys.argv[1:]))
+    # rebuilt from the options (not sys.argv): the page names the command that writes it, however invoked
+    command = shlex.join(["fedattr", "report", "--defenses", str(first), *(["--holder", str(holder)] if holder else []),
+                          "--to", str(to)])
+    path = write_defenses_page(first, holder, to, command=command)
     out().print(f"report: {escape(str(path))}")
 
 
