@@ -53,8 +53,8 @@ def _scenario(name: str, arms: list[dict], **over) -> dict:
     return {**data, **over}
 
 
-def _values(arm: str, seed: int) -> tuple[dict, dict]:
-    """One round's values and the attacker's counterfactual values, per evaluator."""
+def _values(arm: str, seed: int, sign: int = 1) -> tuple[dict, dict]:
+    """One round's values and the attacker's counterfactual values, per evaluator (inflation x ``sign``)."""
     if arm == "holder":
         shap = {**BASE, 1: 0.06}
         return {"shapley": shap, "loo": {p: 0.9 * v for p, v in shap.items()},
@@ -65,14 +65,14 @@ def _values(arm: str, seed: int) -> tuple[dict, dict]:
     values, cf = {}, {}
     for ev, v in honest.items():
         cf[ev] = {0: v[0]}
-        values[ev] = {**v, 0: v[0] + FACTOR[(arm, ev)](seed) * infl(seed)}
+        values[ev] = {**v, 0: v[0] + sign * FACTOR[(arm, ev)](seed) * infl(seed)}
     return values, cf
 
 
-def _job(arm: str, seed: int) -> tuple[list[dict], dict]:
+def _job(arm: str, seed: int, sign: int = 1) -> tuple[list[dict], dict]:
     records, cum = [], {ev: {p: 0.0 for p in range(CLIENTS)} for ev in EVS}
     for t in range(1, ROUNDS + 1):
-        values, cf = _values(arm, seed)
+        values, cf = _values(arm, seed, sign)
         for ev in EVS:
             for p in range(CLIENTS):
                 cum[ev][p] += values[ev][p]
@@ -86,7 +86,9 @@ def _job(arm: str, seed: int) -> tuple[list[dict], dict]:
     return records, summary
 
 
-def make_dir(root: Path, name: str, arms: list[dict], unfinished: tuple[str, int] | None = None, **over) -> Path:
+def make_dir(root: Path, name: str, arms: list[dict], unfinished: tuple[str, int] | None = None,
+             signs: bool = False, **over) -> Path:
+    """A results directory; ``signs``: the attacker's inflation negated on odd seeds."""
     path = root / name
     path.mkdir(parents=True)
     scenario = scenario_from_dict(_scenario(name, arms, **over))
@@ -95,7 +97,7 @@ def make_dir(root: Path, name: str, arms: list[dict], unfinished: tuple[str, int
                                                        "commit": "abc123", "wall_s": 42.0, "cpu_count": 2}))
     for arm in (a["name"] for a in arms):
         for seed in SEEDS:
-            records, summary = _job(arm, seed)
+            records, summary = _job(arm, seed, -1 if signs and seed % 2 else 1)
             job = path / "jobs" / f"{arm}__s{seed}"
             job.mkdir(parents=True)
             (job / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -214,6 +216,7 @@ def test_the_page_has_its_header_table_and_adaptive_section(dirs, tmp_path):
     loo_row = next(line for line in text.splitlines() if line.startswith("| `loo`"))
     assert "+0.7500 [+0.7500, +0.7500]" in loo_row and "| passes | yes |" in loo_row and "0.31x" in loo_row
     assert "**passed by `loo`**" in text
+    assert "does not lie above 0" not in text  # plain Shapley's inflation is positive on every seed
     assert "Best mitigation" in text and "`loo` (3 of 3 conditions; passes)" in text
     assert "10% of what the latent attack gets under plain shapley" in text
     assert f"| `{dirs['new']}` | honest | honest | 4 of 4 | 0, 1, 2, 3 | 0 | 0 |" in text
@@ -226,6 +229,13 @@ def test_a_short_run_marks_its_cells_and_its_arm(dirs, tmp_path):
     loo_row = next(line for line in text.splitlines() if line.startswith("| `loo`"))
     assert "+0.7500 [+0.7500, +0.7500] *(n=3)*" in loo_row
     assert f"fedattr report --defenses {dirs['short']} --holder {dirs['holder']}" in text
+
+
+def test_an_inflation_not_above_zero_is_flagged(tmp_path):
+    # plain Shapley's inflation flips sign with the seed: its interval straddles 0 in both arms
+    path = make_dir(tmp_path, "defenses_signs", ARMS, signs=True)
+    text = write_defenses_page(path, None, tmp_path / "signs.md").read_text(encoding="utf-8")
+    assert "**Its 95% interval does not lie above 0 in the attack and adaptive arms**" in text
 
 
 def test_bad_directories_are_user_errors(dirs, tmp_path):

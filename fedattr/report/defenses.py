@@ -437,13 +437,22 @@ def _table(rows: list[Mitigation], planned: int, holder_planned: int) -> list[st
 def _reference(res: ScenarioResults) -> list[str]:
     att = res.attacker_ids[0] if res.attacker_ids else None
     planned = _planned(res)
-    cells = []
+    cells, unsettled = [], []
     for attack in (ATTACK, ADAPTIVE):
         arm = arm_of(res, attack)
         if arm is not None and att is not None:
-            cells.append(f"{arm} arm {_ci(mean_ci(_inflation(j, PLAIN, att) for j in finished(res, arm)), planned)}")
-    return [f"Plain `{PLAIN}` (the reference row): the attacker's counterfactual inflation, "
-            + ("; ".join(cells) or "not recorded") + ".", ""]
+            ci = mean_ci(_inflation(j, PLAIN, att) for j in finished(res, arm))
+            cells.append(f"{arm} arm {_ci(ci, planned)}")
+            if not (ci.n > 1 and ci.low > 0):
+                unsettled.append(arm)
+    md = [f"Plain `{PLAIN}` (the reference row): the attacker's counterfactual inflation, "
+          + ("; ".join(cells) or "not recorded") + "."]
+    if unsettled:
+        # a share of an inflation that may be 0 has no meaning: its interval spans several times the figure
+        md.append(f"**Its 95% interval does not lie above 0 in the {' and '.join(unsettled)} arm"
+                  f"{'s' if len(unsettled) > 1 else ''}**: there the shares removed are not measured, whatever "
+                  "their point estimates say.")
+    return [" ".join(md), ""]
 
 
 def _adaptive_section(res: ScenarioResults, rows: list[Mitigation]) -> list[str]:
