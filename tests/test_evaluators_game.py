@@ -15,6 +15,15 @@ from fedattr.learning.training import train_local
 N = 5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These small models run faster on one thread than on two contended ones; restored after.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits_round():
     """A small CNN after one epoch on 200 digits, five clients' one-epoch updates on 40 each."""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedattr.defenses import register_scoring_rules
-from fedattr.defenses.robust_scoring import robust_upper_bounds, validation_groups
+from fedattr.defenses.robust_scoring import ShardedUtility, robust_upper_bounds, validation_groups
 from fedattr.evaluators import EVALUATORS, ModelUtility, RoundGame, TabularGame, make_evaluator, masks_to_matrix
 from fedattr.evaluators.layout import StateLayout
 from fedattr.learning.training import train_local
@@ -173,3 +173,120 @@ def test_registered_and_bad_parameters():
     # Any base evaluator: Monte-Carlo Shapley under the clip.
     ev = make_evaluator("clipped", base="tmc", base_params={"stop": None}).fit(game, seed=0) if "tmc" in EVALUATORS else None
     assert ev is None or ev.values_.shape == (3,)
+
+
+# -- per-class counts shared with the round game ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # These small models run faster on one thread than on two contended ones; restored after.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits_round(one_thread):
+    """A small CNN after one epoch on 200 digits and five clients' one-epoch updates on 40 each."""
+    from fedattr.learning.data import load_splits
+    from fedattr.learning.models import build_model
+
+    d = load_splits("digits")
+    torch.manual_seed(0)
+    model = build_model("cnn", side=8)
+    train_local(model, d.x_aux[:200], d.y_aux[:200], epochs=1, lr=0.05, seed=0)
+    layout = StateLayout.from_module(model)
+    base = layout.flatten(model.state_dict())
+    updates = []
+    for i in range(5):
+        client = build_model("cnn", side=8)
+        client.load_state_dict(model.state_dict())
+        part = slice(40 * i, 40 * (i + 1))
+        train_local(client, d.x_pool[part], d.y_pool[part], epochs=1, lr=0.05, seed=i)
+        updates.append(layout.flatten(client.state_dict()) - base)
+    return model, d.x_val, d.y_val, base, torch.stack(updates)
+
+
+def _digits_game(digits_round, metric="accuracy"):
+    model, x, y, base, updates = digits_round
+    return RoundGame(ModelUtility(model, x, y, metric=metric), base, updates, weights=[3, 1, 2, 5, 4])
+
+
+def _sharded_mom(game, shards, seed):
+    """Median-of-means Shapley through a ShardedUtility round game, written out."""
+    groups = validation_groups(game.utility.validation_[1], shards, "class", seed)
+    util = ShardedUtility(game.utility, groups, lambda t: np.median(t, axis=1))
+    return make_evaluator("shapley").fit(RoundGame(util, game.base, game.updates, weights=game.weights)).values_
+
+
+def _sharded_coverage(game):
+    """Coverage-weighted Shapley through per-class ModelUtility shards, written out."""
+    y = game.utility.validation_[1].cpu()
+    util = ShardedUtility(game.utility, [torch.nonzero(y == c).reshape(-1) for c in torch.unique(y)],
+                          lambda t: t.mean(1), metric="accuracy")
+    full = game.full_mask
+    t = util.table(game.aggregate_many([0, full] + [full ^ (1 << i) for i in range(game.n)]))
+    r0, gain, drop = t[0], t[1] - t[0], (t[1][None] - t[2:]).max(0)
+    a = np.where(gain > 0, np.clip(1.0 - drop / np.where(gain > 0, gain, 1.0), 0.0, 1.0), 1.0)
+    util.reduce = lambda v: (r0 + a * (v - r0)).mean(1)
+    rebuilt = RoundGame(util, game.base, game.updates, weights=game.weights)
+    return make_evaluator("shapley").fit(rebuilt).values_, a
+
+
+@pytest.mark.parametrize("shards,seed", [(5, 0), (3, 7)])
+def test_mom_from_class_counts_equals_the_sharded_utility(digits_round, shards, seed):
+    game = _digits_game(digits_round)
+    ev = make_evaluator("mom", shards=shards, seed=seed).fit(game, seed=0)
+    assert ev.applied_ and ev._game_ is None  # the counts path ran
+    expected = _sharded_mom(game, shards, seed)
+    assert np.abs(expected).max() > 1e-3  # a non-trivial game
+    np.testing.assert_allclose(ev.values_, expected, rtol=0, atol=1e-12)
+    assert ev.n_shards_ == min(shards, 10)
+
+
+def test_coverage_from_class_counts_equals_the_per_class_utilities(digits_round):
+    game = _digits_game(digits_round)
+    ev = make_evaluator("coverage_weighted").fit(game, seed=0)
+    assert ev.applied_ and ev._game_ is None
+    expected, weights = _sharded_coverage(game)
+    np.testing.assert_allclose(ev.class_weights_, weights, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ev.values_, expected, rtol=0, atol=1e-12)
+
+
+def test_after_exact_shapley_mom_and_coverage_cost_no_evaluation(digits_round):
+    game = _digits_game(digits_round)
+    make_evaluator("shapley").fit(game)
+    n = game.cache.n_evaluations
+    forwards = game.utility.n_models_
+    for name, params in [("mom", {"shards": 5}), ("coverage_weighted", {})]:
+        ev = make_evaluator(name, **params).fit(game, seed=0)
+        assert ev.n_new_evaluations_ == 0, name
+        assert ev.n_evaluations_ == 1 << game.n, name  # what it reads: every coalition
+    assert game.cache.n_evaluations == n and game.utility.n_models_ == forwards
+
+
+def test_alone_mom_and_coverage_count_what_they_evaluate(digits_round):
+    game = _digits_game(digits_round)
+    ev = make_evaluator("coverage_weighted").fit(game, seed=0)
+    assert ev.n_new_evaluations_ == ev.n_evaluations_ == 1 << game.n
+    assert game.cache.n_evaluations == 1 << game.n  # the values joined the round's cache
+    plain = make_evaluator("shapley").fit(game)
+    assert plain.n_new_evaluations_ == 0
+
+
+def test_neg_ce_and_random_groups_take_the_sharded_utility(digits_round):
+    game = _digits_game(digits_round, "neg_ce")
+    assert not game.has_class_counts
+    for name, params in [("mom", {"shards": 3}), ("coverage_weighted", {})]:
+        ev = make_evaluator(name, **params).fit(game, seed=0)
+        assert ev.applied_ and ev._game_ is not None, name
+        assert np.all(np.isfinite(ev.values_))
+        assert ev.n_new_evaluations_ == ev._game_.cache.n_evaluations == 1 << game.n
+    assert game.cache.n_evaluations == 0  # the rebuilt games evaluated everything
+    _, weights = _sharded_coverage(game)
+    np.testing.assert_allclose(ev.class_weights_, weights, rtol=0, atol=1e-12)
+    acc = _digits_game(digits_round)
+    ev = make_evaluator("mom", shards=3, by="random").fit(acc, seed=0)
+    assert ev._game_ is not None and acc.cache.n_evaluations == 0
