@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.evaluators
 	$(BIN)/python -m benchmarks.engine
 	$(BIN)/python -m benchmarks.concurrency
+	$(BIN)/python -m benchmarks.robust_scoring
 
 clean:
 	rm -rf results .flwr_home .pytest_cache
