@@ -130,3 +130,21 @@ def test_a_neg_ce_utility_keeps_no_class_counts(digits_round):
         game.class_correct([0])
     with pytest.raises(ValueError, match="per-class correct counts need"):
         game.utility.evaluate_with_class_counts(game.aggregate_many([0]))
+
+
+def test_counts_prefilled_from_a_game_sharing_coalitions(digits_round):
+    model, x, y, base, updates = digits_round
+    game = _game(digits_round)
+    game.values(ALL)
+    alt = updates.clone()
+    alt[-1] = -alt[-1]  # another last client: the coalitions without it are the same models
+    cf = RoundGame(game.utility, base, alt, weights=[1, 2, 3, 4, 5])
+    bit = 1 << (N - 1)
+    cf.cache.prefill((m, v) for m, v in game.cache.items() if not m & bit)
+    added = cf.prefill_class_correct((m, c) for m, c in game.class_correct_items() if not m & bit)
+    assert added == 1 << (N - 1) and cf.cache.n_evaluations == 0
+    counts = cf.class_correct(ALL)
+    assert cf.n_class_evaluations == 1 << (N - 1)  # only the coalitions with the new client
+    fresh = RoundGame(game.utility, base, alt, weights=[1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(counts, fresh.class_correct(ALL))
+    assert not _game(digits_round, "neg_ce").class_correct_items()

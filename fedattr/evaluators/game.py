@@ -244,6 +244,22 @@ class RoundGame(Game):
             return np.empty((0, self.utility.num_classes_))
         return np.stack([memo[m] for m in masks])
 
+    def class_correct_items(self):
+        """``(mask, counts [C])`` pairs memoised so far (empty without :attr:`has_class_counts`)."""
+        return {}.items() if self._class_memo is None else self._class_memo.items()
+
+    def prefill_class_correct(self, pairs: Iterable[tuple[int, np.ndarray]]) -> int:
+        """Store per-class correct counts known from elsewhere (an identical coalition of another
+        game on the same validation set), as :meth:`UtilityCache.prefill` does for values: not
+        counted as evaluations, memoised masks kept. Returns how many were new."""
+        self._need_class_counts()
+        added = 0
+        for mask, counts in pairs:
+            if int(mask) not in self._class_memo:
+                self._class_memo[int(mask)] = np.asarray(counts, dtype=np.float64)
+                added += 1
+        return added
+
     def _need_class_counts(self) -> None:
         if self._class_memo is None:
             raise ValueError("per-class correct counts need a ModelUtility with metric 'accuracy' or "

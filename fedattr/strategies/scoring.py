@@ -137,6 +137,8 @@ class RoundScorer:
             # function of the coalition's members only): reuse their values.
             bit = 1 << list(game.players).index(pid)
             cf_game.cache.prefill((m, v) for m, v in game.cache.items() if not m & bit)
+            if cf_game.has_class_counts:
+                cf_game.prefill_class_correct((m, c) for m, c in game.class_correct_items() if not m & bit)
             for name, params in self.evaluators:
                 ev = make_evaluator(name, **params).fit(cf_game, seed=self.seed * 7919 + server_round)
                 cf_values[name][int(pid)] = float(ev.values_[list(cf_game.players).index(pid)])
