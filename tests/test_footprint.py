@@ -175,6 +175,25 @@ def test_class_scope_removes_exactly_the_flagged_classes_share(fixed_samples):
     np.testing.assert_allclose(ev.values_, [plain[0] - per_class[0, 0], plain[1], plain[2]], atol=1e-12)
 
 
+def test_class_values_read_the_round_games_class_counts(fixed_samples):
+    model = _model()
+    game = _round_game(model)
+    assert game.has_class_counts
+    make_evaluator("shapley").fit(game)
+    ev = make_evaluator("footprint_discounted", scope="class")
+    evaluated = game.cache.n_evaluations
+    shared = ev.class_values(game, game.utility, [0, 1, 2], seed=0)
+    # every coalition was evaluated by Shapley: the per-class games cost no model evaluation
+    assert ev.n_class_evaluations_ == 0 and game.cache.n_evaluations == evaluated
+    # the same values as per-class games evaluated on their own (a neg_ce game keeps no counts,
+    # so build the reference from a game whose counts are switched off)
+    fresh = _round_game(model)
+    fresh._class_memo = None
+    reference = ev.class_values(fresh, fresh.utility, [0, 1, 2], seed=0)
+    assert ev.n_class_evaluations_ == 8
+    np.testing.assert_allclose(shared, reference, atol=1e-12)
+
+
 def test_scoring_rule_without_server_data_is_the_base_evaluator():
     ev = make_evaluator("footprint_discounted").fit(TabularGame([0.0, 1.0, 2.0, 4.0]), seed=0)
     assert not ev.applied_

@@ -393,16 +393,26 @@ class FootprintDiscounted(_Wrapper):
         share = (np.full(len(classes), 1.0 / max(int(torch.unique(y).numel()), 1)) if utility.metric == "balanced_accuracy"
                  else np.array([g.numel() / max(len(y), 1) for g in groups], dtype=np.float64))
         metric = "accuracy" if utility.metric == "balanced_accuracy" else utility.metric
-        sharded = ShardedUtility(utility, groups, lambda t: t, metric=metric)
         table: dict[int, np.ndarray] = {}
+        if metric == "accuracy" and game.has_class_counts:
+            # Each class's recall is its correct count over its examples: read from the counts the
+            # round game keeps of every coalition it evaluated (nothing new once Shapley has run).
+            size = np.array([max(g.numel(), 1) for g in groups], dtype=np.float64)
+            start = game.n_class_evaluations
 
-        def rows(masks: list[int]) -> np.ndarray:
-            new = [m for m in dict.fromkeys(int(m) for m in masks) if m not in table]
-            if new:
-                with torch.no_grad():
-                    t = sharded.table(game.aggregate_many(new))
-                table.update(zip(new, t))
-            return np.stack([table[int(m)] for m in masks])
+            def rows(masks: list[int]) -> np.ndarray:
+                return game.class_correct(masks)[:, classes] / size
+        else:
+            sharded = ShardedUtility(utility, groups, lambda t: t, metric=metric)
+            start = None
+
+            def rows(masks: list[int]) -> np.ndarray:
+                new = [m for m in dict.fromkeys(int(m) for m in masks) if m not in table]
+                if new:
+                    with torch.no_grad():
+                        t = sharded.table(game.aggregate_many(new))
+                    table.update(zip(new, t))
+                return np.stack([table[int(m)] for m in masks])
 
         out = np.zeros((game.n, len(classes)))
         for k in range(len(classes)):
@@ -410,7 +420,8 @@ class FootprintDiscounted(_Wrapper):
                 continue
             col = FunctionGame(lambda masks, k=k: share[k] * rows(list(masks))[:, k], game.n, game.players, batched=True)
             out[:, k] = self._base().fit(col, seed=seed).values_
-        self.n_class_evaluations_ = len(table)
+        # Coalitions evaluated for the per-class games (none when the round's counts had them all).
+        self.n_class_evaluations_ = len(table) if start is None else game.n_class_evaluations - start
         return out
 
 
