@@ -185,6 +185,21 @@ def test_cell_inflation_accuracy_and_benign_effects_are_known(cells):
     assert equivalent(cell.accuracy) and cell.verdict("accuracy") == HOLDS
 
 
+def test_a_cell_whose_exact_inflation_interval_includes_zero_needs_12_seeds(cells):
+    import dataclasses
+
+    cell = load_cell(cells["claim"])
+    assert cell.required == len(SEEDS) and not cell.short  # its interval lies above 0
+    exact = cell.evaluators["shapley"]
+    crossing = paired_stats([0.02, -0.01, 0.03, -0.02, 0.01, 0.0])
+    assert crossing.t_low < 0 < crossing.t_high
+    cell.evaluators["shapley"] = dataclasses.replace(exact, counterfactual=crossing)
+    assert cell.required == 12 and cell.short
+    below = paired_stats([-0.02, -0.03, -0.025, -0.02, -0.03, -0.028])
+    cell.evaluators["shapley"] = dataclasses.replace(exact, counterfactual=below)
+    assert cell.required == len(SEEDS) and not cell.short  # settled below 0 at 6 seeds
+
+
 def test_an_unfinished_job_is_not_a_seed_and_the_cell_is_marked_short(cells):
     cell = load_cell(cells["short"])
     assert cell.seeds == SEEDS[:-1] and cell.planned == len(SEEDS) and cell.short

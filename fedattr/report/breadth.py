@@ -17,8 +17,8 @@ from pathlib import Path
 
 from fedattr.core.errors import UserError
 from fedattr.core.provenance import git_commit
-from fedattr.report.breadth_stats import (ACCURACY_MARGIN, CHEAP_ESTIMATORS, EXACT, RULES, WITHIN, Cell, Clause,
-                                          flatten_settings, equivalent, factor_of, load_cell, significant, verdict_table)
+from fedattr.report.breadth_stats import (ACCURACY_MARGIN, CHEAP_ESTIMATORS, EXACT, EXTENDED_SEEDS, MIN_SEEDS, RULES,
+                                          WITHIN, Cell, Clause, flatten_settings, equivalent, factor_of, load_cell, significant, verdict_table)
 from fedattr.report.machine import machine
 from fedattr.report.markdown import wilcoxon_floor_note
 from fedattr.report.render import md_table
@@ -92,14 +92,15 @@ def _cells_section(cells: Sequence[Cell], reference: Cell | None) -> list[str]:
               "**No reference cell** (a scenario named `*claim`) among the cells given: each cell's factor is "
               "named against the claim regime (mnist5k, cnn, FedAvg), its other differences are not listed, and "
               "the clauses that need the reference are not settled.")
-    md += ["", "Seeds: those whose honest and attack jobs both finished; a cell with fewer than its scenario "
-           "plans (or than 6) is marked **short**.", ""]
+    md += ["", f"Seeds: those whose honest and attack jobs both finished; needed: the scenario's, at least "
+           f"{MIN_SEEDS}, and {EXTENDED_SEEDS} while the cell's exact-Shapley inflation interval includes 0; a cell "
+           "with fewer is marked **short**.", ""]
     rows = []
     for c in cells:
         sc = c.res.scenario
         rows.append([c.name, c.factor, c.value or "—", "; ".join(c.other) or "—",
                      f"{sc.data.dataset}, {sc.model}, {c.aggregator}, {sc.num_clients} clients, {sc.rounds} rounds",
-                     f"{len(c.seeds)} of {c.planned}" + (" **short**" if c.short else "")])
+                     f"{len(c.seeds)} of {c.required}" + (" **short**" if c.short else "")])
     return md + md_table(["cell", "factor", "value", "other differences (reference's value)", "regime", "seeds"], rows)
 
 

@@ -38,7 +38,7 @@ from fedattr.report.summary import ScenarioSummary, scenario_summary
 from fedattr.scenario import HONEST_ATTACK
 
 __all__ = ["HOLDS", "FAILS", "OPEN", "ALPHA", "INFLATION_MARGIN", "ACCURACY_MARGIN", "FLAG_MARGIN",
-           "WITHIN", "MIN_SEEDS", "EXACT", "CHEAP_ESTIMATORS", "NOT_MARGINAL", "RULES",
+           "WITHIN", "MIN_SEEDS", "EXTENDED_SEEDS", "EXACT", "CHEAP_ESTIMATORS", "NOT_MARGINAL", "RULES",
            "significant", "inflation_verdict", "accuracy_verdict", "equivalent", "reshape_verdict",
            "detector_verdict", "combine", "relative_l1", "round_games", "flag_rate", "pairwise_auc",
            "flatten_settings", "EvaluatorStats", "DetectorStats", "EstimatorAccuracy", "Cell", "load_cell", "factor_of",
@@ -56,8 +56,10 @@ ACCURACY_MARGIN = 0.02
 FLAG_MARGIN = 0.10
 #: a round game whose relative L1 error is at most this counts as "within 5%"
 WITHIN = 0.05
-#: the study's planned minimum of seeds per cell (issue 22)
+#: the study's planned minimum of seeds per cell
 MIN_SEEDS = 6
+#: seeds a cell needs when its exact-Shapley inflation interval includes 0 at fewer seeds
+EXTENDED_SEEDS = 12
 #: the reference of every estimator
 EXACT = "shapley"
 #: the cheap estimators measured against exact Shapley, in table order
@@ -94,7 +96,8 @@ RULES = [
     f"detection** over cells: the reference cell for *inflates*, every cell for the others.",
     "**over several verdicts**: does not hold when any does not hold; holds when all hold; otherwise "
     "not settled (also when no cell bears on the clause).",
-    f"A cell with fewer paired seeds than its scenario plans, or fewer than {MIN_SEEDS}, is marked; "
+    f"A cell with fewer paired seeds than its scenario plans, or fewer than {MIN_SEEDS}, or fewer than "
+    f"{EXTENDED_SEEDS} while its exact-Shapley inflation interval includes 0, is marked **short**; "
     f"with n seeds no Wilcoxon p can be below 2/2^n (0.125 at 4 seeds), so such a cell cannot hold "
     f"a significant result.",
 ]
@@ -324,9 +327,20 @@ class Cell:
     estimators: dict[str, EstimatorAccuracy] = field(default_factory=dict)
 
     @property
+    def required(self) -> int:
+        """Paired seeds the cell needs: its scenario's, at least :data:`MIN_SEEDS`, and
+        :data:`EXTENDED_SEEDS` while exact Shapley's inflation interval includes 0."""
+        need = max(self.planned, MIN_SEEDS)
+        st = self.evaluators.get(EXACT)
+        ci = st.counterfactual if st is not None else None
+        if ci is not None and not (ci.t_low > 0 or ci.t_high < 0):  # includes 0, or undefined (nan)
+            need = max(need, EXTENDED_SEEDS)
+        return need
+
+    @property
     def short(self) -> bool:
-        """Fewer paired seeds than planned, or than the study's minimum."""
-        return len(self.seeds) < max(self.planned, MIN_SEEDS)
+        """Fewer paired seeds than :attr:`required`."""
+        return len(self.seeds) < self.required
 
     @property
     def aggregator(self) -> str:
