@@ -121,7 +121,9 @@ def test_fab_packs_only_what_the_app_runs(tmp_path):
     assert "scenarios/demo.toml" in names
     stray = [n for n in names if n.split("/")[0] not in {"fedattr", "scenarios", "pyproject.toml", ".info"}]
     assert stray == []  # no tests, docs, benchmarks, examples or results
-    assert fab.stat().st_size < 1_000_000
+    # Flower stores the sources uncompressed (about 1 MB of them); a dataset, a model file or a
+    # results directory would be several MB more.
+    assert fab.stat().st_size < 2_000_000
 
 
 # ----------------------------------------------------------------------------- real `flwr run .`
