@@ -7,40 +7,12 @@ import pytest
 import torch
 
 from fedattr.evaluators import ModelUtility, RoundGame, make_evaluator
-from fedattr.evaluators.layout import StateLayout
-from fedattr.learning.data import load_splits
-from fedattr.learning.models import build_model
-from fedattr.learning.training import train_local
 
 N = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These small models run faster on one thread than on two contended ones; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits_round():
-    """A small CNN after one epoch on 200 digits, five clients' one-epoch updates on 40 each."""
-    d = load_splits("digits")
-    torch.manual_seed(0)
-    model = build_model("cnn", side=8)
-    train_local(model, d.x_aux[:200], d.y_aux[:200], epochs=1, lr=0.05, seed=0)
-    layout = StateLayout.from_module(model)
-    base = layout.flatten(model.state_dict())
-    updates = []
-    for i in range(N):
-        client = build_model("cnn", side=8)
-        client.load_state_dict(model.state_dict())
-        part = slice(40 * i, 40 * (i + 1))
-        train_local(client, d.x_pool[part], d.y_pool[part], epochs=1, lr=0.05, seed=i)
-        updates.append(layout.flatten(client.state_dict()) - base)
-    return model, d.x_val, d.y_val, base, torch.stack(updates)
+# These small models run faster on one thread than on two contended ones (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _game(digits_round, metric="accuracy", **kwargs):

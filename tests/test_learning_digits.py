@@ -11,13 +11,8 @@ from fedattr.learning.training import evaluate, train_local
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These small models run faster on one thread than on two contended ones; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These small models run faster on one thread than on two contended ones (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def digits():

@@ -14,13 +14,8 @@ from fedattr.learning.models import MLP, MODELS, ResNet8, SmallCNN, build_model
 from fedattr.learning.training import train_local
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These small models run faster on one thread than on two contended ones; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These small models run faster on one thread than on two contended ones (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAMILIES = ["mlp", "cnn", "resnet8"]
