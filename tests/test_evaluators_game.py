@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from fedattr.evaluators import ModelUtility, RoundGame, make_evaluator
 
