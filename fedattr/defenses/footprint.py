@@ -44,7 +44,7 @@ from fedattr.core.env import default_cache_dir
 from fedattr.evaluators import FunctionGame, ModelUtility, RoundGame
 
 from .base import Detector, DetectorResult, RoundUpdates, register_detector
-from .robust_scoring import ShardedUtility, _proxy, _validation_of, _Wrapper
+from .robust_scoring import ShardedUtility, _ClassCounts, _proxy, _validation_of, _Wrapper
 
 __all__ = [
     "SCORERS", "FootprintClassDiscounted", "FootprintDetector", "FootprintDiscounted", "FootprintData", "class_gradients",
@@ -394,17 +394,16 @@ class FootprintDiscounted(_Wrapper):
                  else np.array([g.numel() / max(len(y), 1) for g in groups], dtype=np.float64))
         metric = "accuracy" if utility.metric == "balanced_accuracy" else utility.metric
         table: dict[int, np.ndarray] = {}
-        if metric == "accuracy" and game.has_class_counts:
+        counts = _ClassCounts(game) if metric == "accuracy" and game.has_class_counts else None
+        if counts is not None:
             # Each class's recall is its correct count over its examples: read from the counts the
             # round game keeps of every coalition it evaluated (nothing new once Shapley has run).
             size = np.array([max(g.numel(), 1) for g in groups], dtype=np.float64)
-            start = game.n_class_evaluations
 
             def rows(masks: list[int]) -> np.ndarray:
-                return game.class_correct(masks)[:, classes] / size
+                return counts(masks)[:, classes] / size
         else:
             sharded = ShardedUtility(utility, groups, lambda t: t, metric=metric)
-            start = None
 
             def rows(masks: list[int]) -> np.ndarray:
                 new = [m for m in dict.fromkeys(int(m) for m in masks) if m not in table]
@@ -421,7 +420,7 @@ class FootprintDiscounted(_Wrapper):
             col = FunctionGame(lambda masks, k=k: share[k] * rows(list(masks))[:, k], game.n, game.players, batched=True)
             out[:, k] = self._base().fit(col, seed=seed).values_
         # Coalitions evaluated for the per-class games (none when the round's counts had them all).
-        self.n_class_evaluations_ = len(table) if start is None else game.n_class_evaluations - start
+        self.n_class_evaluations_ = len(table) if counts is None else counts.evaluated
         return out
 
 
