@@ -50,7 +50,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fedattr.report import fmt_ci, fmt_num, load_results, mean_ci, merge_results  # noqa: E402
-from fedattr.report.defenses import (BAR, PLAIN, bar_table, holder_table, mitigation_table,  # noqa: E402
+from fedattr.report.defenses import (BAR, PLAIN, holder_table, mitigation_table, mitigations,  # noqa: E402
                                      removed_ci)
 from fedattr.report.defenses import arm_of as _arm_of  # noqa: E402
 from fedattr.report.defenses import finished as _finished  # noqa: E402
@@ -104,16 +104,21 @@ def _clients(job) -> list[str]:
     return sorted({str(c) for rec in job.rounds for c in rec.clients}, key=int)
 
 
+def bar_rows(res, holder) -> dict[str, dict[str, Any]]:
+    """``{mitigation: {removed, tau, kept, fails}}``: the bar's point estimates of
+    :func:`fedattr.report.defenses.mitigations` and the conditions each misses."""
+    return {m.evaluator: {"removed": m.removed.point, "tau": m.benign_tau.mean, "kept": m.kept.mean, "fails": m.fails}
+            for m in mitigations(res, holder)}
+
+
 def render_bar(res, holder) -> str:
-    rows = bar_table(res, holder)
     fmt = lambda v: "—" if not math.isfinite(v) else f"{v:+.3f}"  # noqa: E731
-    verdict = lambda f: "passes" if not f else "; ".join(  # noqa: E731
-        f"{k} short by {v:.3f}" if math.isfinite(v) else f"{k} missing" for k, v in f.items())
     return "\n".join([
         f"The bar (removed >= {BAR['removed']}, benign tau >= {BAR['tau']}, holder's value kept >= {BAR['kept']}; "
         "point estimates):", "",
         _table(["evaluator", "removed", "benign tau", "holder kept", "bar"],
-               [[ev, fmt(r["removed"]), fmt(r["tau"]), fmt(r["kept"]), verdict(r["fails"])] for ev, r in rows.items()])])
+               [[m.evaluator, fmt(m.removed.point), fmt(m.benign_tau.mean), fmt(m.kept.mean), m.verdict()]
+                for m in mitigations(res, holder)])])
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         out["removed"] = {ev: removed_ci(res, ev) for ev in res.evaluators}
         if holder_rows is not None:
             out["holder_kept"] = {ev: ci.as_dict() for ev, ci in holder_rows.items()}
-            out["bar"] = bar_table(res, holder)
+            out["bar"] = bar_rows(res, holder)
         print(json.dumps(out, indent=1))
     else:
         print(render(res))

@@ -77,18 +77,20 @@ def test_holder_table_is_the_holders_value_under_each_evaluator_over_plain_shapl
     assert "Genuine holder (client 1" in capsys.readouterr().out
 
 
-def test_bar_table_names_each_missed_condition_and_its_shortfall(monkeypatch):
+def test_the_bar_rows_and_table_render_the_report_mitigations(tmp_path):
     import benchmarks.defenses as bd
-    import fedattr.report.defenses as rd
-    from fedattr.report import mean_ci
+    from fedattr.report.defenses import mitigations
 
-    # the figures come from fedattr.report.defenses; the benchmark renders them
-    monkeypatch.setattr(rd, "mitigation_table", lambda res: {"a": {"tau": mean_ci([0.8 - 1e-16, 0.8 - 1e-16])},
-                                                             "b": {"tau": mean_ci([0.7, 0.7])}})
-    monkeypatch.setattr(rd, "removed_ci", lambda res, ev: {"a": (0.6, 0.0, 1.0), "b": (0.2, 0.0, 1.0)}[ev])
-    monkeypatch.setattr(rd, "holder_table", lambda holder: {"a": mean_ci([0.85, 0.85]), "b": mean_ci([0.5, 0.5])})
-    rows = bd.bar_table(None, object())
-    assert rows["a"]["fails"] == {}
-    assert rows["b"]["fails"] == pytest.approx({"removed": 0.3, "tau": 0.1, "kept": 0.3})
-    out = bd.render_bar(None, object())
-    assert "| a " in out and "passes" in out and "removed short by 0.300; tau short by 0.100; kept short by 0.300" in out
+    root = Path(shutil.copytree(RUN, tmp_path / "holder"))
+    sc = json.loads((root / "scenario.json").read_text())
+    sc["partition"].update(genuine_holder=1, withhold_classes=[8, 9])
+    (root / "scenario.json").write_text(json.dumps(sc))
+    res, holder = load_results(RUN), load_results(root)
+    rows = bd.bar_rows(res, holder)
+    (loo,) = mitigations(res, holder)  # every evaluator but plain Shapley
+    assert list(rows) == ["loo"]
+    assert rows["loo"].pop("fails") == loo.fails and set(loo.fails) == {"removed", "tau"}
+    assert rows["loo"] == pytest.approx({"removed": loo.removed.point, "tau": loo.benign_tau.mean,
+                                         "kept": loo.kept.mean})
+    out = bd.render_bar(res, holder)
+    assert "| loo " in out and loo.verdict() in out

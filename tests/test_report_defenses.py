@@ -174,6 +174,15 @@ def test_bar_verdict_passes_or_names_each_shortfall(rows):
     assert bz.lower_clears is False
 
 
+def test_a_figure_on_the_bar_up_to_rounding_meets_it():
+    from fedattr.report.defenses import _fails
+
+    # a Kendall tau of exactly 0.8 can come out as 0.7999999999999999
+    assert _fails({"removed": 0.5, "tau": 0.8 - 1e-16, "kept": 0.8}) == {}
+    assert _fails({"removed": 0.2, "tau": 0.7, "kept": math.nan}) == pytest.approx(
+        {"removed": 0.3, "tau": 0.1, "kept": math.nan}, nan_ok=True)
+
+
 def test_without_a_holder_run_the_kept_condition_is_missing(dirs):
     loo = {m.evaluator: m for m in mitigations(load_results(dirs["new"]))}["loo"]
     assert list(loo.fails) == ["kept"] and math.isnan(loo.fails["kept"])

@@ -38,7 +38,7 @@ from fedattr.report.stats import MeanCI, fmt_ci, fmt_num, kendall_between, mean_
 from fedattr.results.store import atomic_write_text
 
 __all__ = ["PLAIN", "ATTACK", "ADAPTIVE", "BAR", "Removed", "Mitigation", "finished", "arm_of", "cost",
-           "mitigation_table", "removed_ci", "holder_table", "bar_table", "mitigations", "best_mitigation",
+           "mitigation_table", "removed_ci", "holder_table", "mitigations", "best_mitigation",
            "defenses_markdown", "write_defenses_page"]
 
 #: the unmitigated reference every mitigation is measured against
@@ -182,20 +182,6 @@ def _fails(fig: dict[str, float]) -> dict[str, float]:
     """Per condition of :data:`BAR` missed, by how much (NaN where the figure is missing)."""
     return {k: BAR[k] - v if math.isfinite(v) else math.nan for k, v in fig.items()
             if not (math.isfinite(v) and v >= BAR[k] - _TOL)}
-
-
-def bar_table(res: ScenarioResults, holder: ScenarioResults | None) -> dict[str, dict[str, Any]]:
-    """``{evaluator: {removed, tau, kept, fails}}``: the three bar figures (point estimates: the
-    paired share removed, the benign tau's mean, the holder's kept share's mean) and, per condition
-    it misses, by how much (``fails``: ``{condition: shortfall}``; NaN where a figure is missing)."""
-    mit = mitigation_table(res)
-    kept = holder_table(holder) if holder is not None else {}
-    out = {}
-    for ev, row in mit.items():
-        fig = {"removed": removed_ci(res, ev)[0], "tau": row["tau"].mean,
-               "kept": kept[ev].mean if ev in kept else math.nan}
-        out[ev] = {**fig, "fails": _fails(fig)}
-    return out
 
 
 @dataclass(frozen=True)
