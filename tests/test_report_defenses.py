@@ -82,6 +82,7 @@ def _job(arm: str, seed: int, sign: int = 1) -> tuple[list[dict], dict]:
                "timings": {"evaluators_s": dict(SECONDS)}, "test": {"accuracy": 0.9}}
         records.append(RoundRecord.model_validate(rec).model_dump(mode="json"))
     summary = {"status": "finished", "arm": arm, "seed": seed, "rounds": ROUNDS, "rounds_recorded": ROUNDS,
+               "wall_s": 10.0 + seed,
                "attacker_ids": [0], "final_test": {"accuracy": 0.9}, "cumulative": records[-1]["cumulative"]}
     return records, summary
 
@@ -216,8 +217,9 @@ def test_the_page_has_its_header_table_and_adaptive_section(dirs, tmp_path):
     text = page.read_text(encoding="utf-8")
     assert text.startswith("# Defences")
     assert "- generated " in text and "by `CMD`" in text and "page written at commit" in text
+    # environment.json's wall time is the last invocation's; the jobs' own times count every one
     assert "results produced at commit abc123 by `fedattr run scenarios/defenses_new.toml` on 2 CPUs, " \
-           "wall time 42 s" in text
+           "wall time 42 s (that invocation), 12 finished jobs, 138 s of job time in all" in text
     assert "`fedattr run scenarios/defenses_holder.toml`" in text
     row = next(line for line in text.splitlines() if line.startswith("| `banzhaf`"))
     assert "+0.2000 [" in row and "0.5000 ± 0.0000" in row and "1.00x" in row and "0.005x" in row

@@ -9,7 +9,6 @@ differences are then unknown), and the clauses that need the reference stay not 
 
 from __future__ import annotations
 
-import math
 import shlex
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from fedattr.core.provenance import git_commit
 from fedattr.report.breadth_stats import (ACCURACY_MARGIN, CHEAP_ESTIMATORS, EXACT, EXTENDED_SEEDS, MIN_SEEDS, RULES,
                                           WITHIN, Cell, Clause, flatten_settings, equivalent, factor_of, load_cell, significant, verdict_table)
 from fedattr.report.machine import machine
-from fedattr.report.markdown import wilcoxon_floor_note
+from fedattr.report.markdown import provenance_line, wilcoxon_floor_note
 from fedattr.report.render import md_table
 from fedattr.report.stats import MeanCI, PairedStats, fmt_num, fmt_p
 from fedattr.results.store import atomic_write_text
@@ -77,12 +76,7 @@ def _header(cells: Sequence[Cell], page: Path, command: str | None) -> list[str]
                       + f" --to {shlex.quote(str(page))}")
     lines = [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{cmd}`",
              f"- page written at commit {git_commit(page.parent)}; {machine().line()} (the machine that wrote this page)"]
-    for c in cells:
-        env = c.res.environment
-        wall = f", wall time {env.wall_s:.0f} s" if env.wall_s is not None and math.isfinite(env.wall_s) else ""
-        lines.append(f"- `{c.path}`: results produced at commit {env.commit or 'not recorded'} by "
-                     f"`{env.command or 'not recorded'}`{wall}"
-                     + (" (**in progress**: a live run holds it; its numbers are provisional)" if c.res.in_progress else ""))
+    lines += [f"- {provenance_line(c.res)}" for c in cells]
     return lines + [""]
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from fedattr.core.errors import UserError
 from fedattr.core.provenance import git_commit
 from fedattr.report.machine import machine
+from fedattr.report.markdown import provenance_line
 from fedattr.report.reader import JobResult, ScenarioResults, load_results
 from fedattr.report.render import md_table
 from fedattr.report.stats import MeanCI, fmt_ci, fmt_num, kendall_between, mean_ci
@@ -370,15 +371,7 @@ def _header(res: ScenarioResults, holder: ScenarioResults | None, page: Path, co
     lines = [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{cmd}`",
              f"- page written at commit {git_commit(Path(__file__).parent)} (the fedattr that wrote it); "
              f"{machine().line()} (the machine that wrote this page)"]
-    for r in (res, holder):
-        if r is None:
-            continue
-        env = r.environment
-        wall = f", wall time {env.wall_s:.0f} s" if env.wall_s is not None and math.isfinite(env.wall_s) else ""
-        machine_of = f" on {env.cpu_count} CPUs" if env.cpu_count else ""
-        lines.append(f"- `{r.path}`: results produced at commit {env.commit or 'not recorded'} by "
-                     f"`{env.command or 'not recorded'}`{machine_of}{wall}"
-                     + (" (**in progress**: a live run holds it; its numbers are provisional)" if r.in_progress else ""))
+    lines += [f"- {provenance_line(r)}" for r in (res, holder) if r is not None]
     return lines + [""]
 
 

@@ -18,7 +18,8 @@ from fedattr.report.summary import (SAMPLING_NOTE, ScenarioSummary, SweepSummary
                                     per_participation, reached_label, unfinished_rows)
 from fedattr.scenario import HONEST_ATTACK, to_toml
 
-__all__ = ["scenario_markdown", "sweep_markdown", "status_lines", "settings_rows", "wilcoxon_floor_note"]
+__all__ = ["scenario_markdown", "sweep_markdown", "status_lines", "settings_rows", "wilcoxon_floor_note",
+           "provenance_line"]
 
 #: below this many seeds the Wilcoxon floor 2/2^n is stated next to every p
 FEW_SEEDS = 6
@@ -139,6 +140,26 @@ def _sampling_section(res: ScenarioResults, summary: ScenarioSummary) -> list[st
                         for pid in res.attacker_ids for arm in res.arms for ev in res.evaluators
                         for st in [summary.attacker[arm][ev][pid]]])
     return md
+
+
+def provenance_line(res: ScenarioResults) -> str:
+    """One line on where a results directory's numbers come from: commit, command, CPUs, and time.
+
+    A re-run resumes a results directory and environment.json describes the last invocation
+    only, so its wall time is given beside the finished jobs' own wall times summed (which count
+    every invocation; with concurrent jobs they exceed the wall time).
+    """
+    env = res.environment
+    cpus = f" on {env.cpu_count} CPUs" if env.cpu_count else ""
+    times = []
+    if env.wall_s is not None and math.isfinite(env.wall_s):
+        times.append(f"wall time {env.wall_s:.0f} s (that invocation)")
+    jobs = [j for arm in res.arms for j in res.runs(arm) if j.finished and j.summary.wall_s > 0]
+    if jobs:
+        times.append(f"{len(jobs)} finished jobs, {sum(j.summary.wall_s for j in jobs):.0f} s of job time in all")
+    live = " (**in progress**: a live run holds it; its numbers are provisional)" if res.in_progress else ""
+    return (f"`{res.path}`: results produced at commit {env.commit or 'not recorded'} by "
+            f"`{env.command or 'not recorded'}`{cpus}" + "".join(f", {t}" for t in times) + live)
 
 
 def _environment_lines(env: Environment) -> list[str]:
