@@ -416,8 +416,8 @@ def test_results_page_has_its_provenance_and_relative_plots(run_dir, tmp_path):
     md = page.read_text()
     head = md.split("## Result", 1)[0]
     assert "- generated 20" in head and "UTC" not in head or "+00:00" in head
-    assert "- results produced at commit not recorded; page written at commit " in head
-    assert "- results produced by: `fedattr run small.toml`" in head  # from environment.json
+    assert "- page written at commit " in head
+    assert "- results produced at commit not recorded by: `fedattr run small.toml`" in head  # environment.json
     assert "- machine: " in head and "CPUs" in head and "GFLOP/s" in head
     plots = sorted((tmp_path / "docs" / "results" / "small").glob("*.png"))
     assert plots and all(f"(small/{p.name})" in md for p in plots)
@@ -431,7 +431,7 @@ def test_results_page_of_a_run_without_a_stored_command_names_the_report_command
     del env["command"]
     (run_dir / "environment.json").write_text(json.dumps(env))
     page = write_page(run_dir, tmp_path / "p.md", command="fedattr report R --to p.md")
-    assert "- results produced by: `fedattr report R --to p.md`" in page.read_text()
+    assert "- results produced at commit not recorded by: `fedattr report R --to p.md`" in page.read_text()
 
 
 def test_not_a_results_directory(tmp_path):

@@ -16,14 +16,11 @@ The package's layers, each importing only those below it:
 from __future__ import annotations
 
 import shlex
-from datetime import datetime, timezone
 from pathlib import Path
 
 from fedattr.core.errors import UserError
-from fedattr.core.provenance import git_commit
 from fedattr.report.html import markdown_to_html
-from fedattr.report.machine import machine
-from fedattr.report.markdown import scenario_markdown, sweep_markdown
+from fedattr.report.markdown import generated_lines, scenario_markdown, sweep_markdown
 from fedattr.report.plots import scenario_plots, sweep_plot
 from fedattr.report.reader import (JobResult, ScenarioResults, is_sweep, load_results, merge_results,
                                    read_environment, sweep_meta)
@@ -100,12 +97,8 @@ def page_header(results_dir: Path, page: Path, command: str | None) -> list[str]
     """A results page's provenance lines: date, commit, the command behind the results, the machine."""
     env = read_environment(results_dir)
     produced = env.command or command or "not recorded"
-    return [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
-            f"`fedattr report {shlex.quote(str(results_dir))} --to {shlex.quote(str(page))}`",
-            f"- results produced at commit {env.commit or 'not recorded'}; page written at commit "
-            f"{git_commit(page.parent)}",
-            f"- results produced by: `{produced}`",
-            f"- {machine().line()} (the machine that wrote this page)", ""]
+    return generated_lines(f"fedattr report {shlex.quote(str(results_dir))} --to {shlex.quote(str(page))}", page) + [
+        f"- results produced at commit {env.commit or 'not recorded'} by: `{produced}`", ""]
 
 
 def write_page(results_dir: str | Path, page: str | Path, command: str | None = None) -> Path:

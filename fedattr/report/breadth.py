@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 from fedattr.core.errors import UserError
-from fedattr.core.provenance import git_commit
 from fedattr.report.breadth_stats import (ACCURACY_MARGIN, CHEAP_ESTIMATORS, EXACT, EXTENDED_SEEDS, MIN_SEEDS, RULES,
                                           WITHIN, Cell, Clause, flatten_settings, equivalent, factor_of, load_cell, significant, verdict_table)
-from fedattr.report.machine import machine
-from fedattr.report.markdown import provenance_line, wilcoxon_floor_note
+from fedattr.report.markdown import generated_lines, provenance_line, wilcoxon_floor_note
 from fedattr.report.render import md_table
 from fedattr.report.stats import MeanCI, PairedStats, fmt_num, fmt_p
 from fedattr.results.store import atomic_write_text
@@ -74,10 +71,7 @@ def _boot(ci: MeanCI, signed: bool = True) -> str:
 def _header(cells: Sequence[Cell], page: Path, command: str | None) -> list[str]:
     cmd = command or ("fedattr report --breadth " + " ".join(shlex.quote(str(c.path)) for c in cells)
                       + f" --to {shlex.quote(str(page))}")
-    lines = [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{cmd}`",
-             f"- page written at commit {git_commit(page.parent)}; {machine().line()} (the machine that wrote this page)"]
-    lines += [f"- {provenance_line(c.res)}" for c in cells]
-    return lines + [""]
+    return generated_lines(cmd, page) + [f"- {provenance_line(c.res)}" for c in cells] + [""]
 
 
 def _cells_section(cells: Sequence[Cell], reference: Cell | None) -> list[str]:

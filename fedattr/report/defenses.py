@@ -23,16 +23,13 @@ from __future__ import annotations
 import math
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedattr.core.errors import UserError
-from fedattr.core.provenance import git_commit
-from fedattr.report.machine import machine
-from fedattr.report.markdown import provenance_line
+from fedattr.report.markdown import generated_lines, provenance_line
 from fedattr.report.reader import JobResult, ScenarioResults, load_results
 from fedattr.report.render import md_table
 from fedattr.report.stats import MeanCI, fmt_ci, fmt_num, kendall_between, mean_ci
@@ -368,9 +365,7 @@ def _header(res: ScenarioResults, holder: ScenarioResults | None, page: Path, co
     cmd = command or ("fedattr report --defenses " + shlex.quote(str(res.path))
                       + (f" --holder {shlex.quote(str(holder.path))}" if holder is not None else "")
                       + f" --to {shlex.quote(str(page))}")
-    lines = [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{cmd}`",
-             f"- page written at commit {git_commit(Path(__file__).parent)} (the fedattr that wrote it); "
-             f"{machine().line()} (the machine that wrote this page)"]
+    lines = generated_lines(cmd, page)
     lines += [f"- {provenance_line(r)}" for r in (res, holder) if r is not None]
     return lines + [""]
 

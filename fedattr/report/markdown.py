@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from fedattr.core.provenance import git_commit
 from fedattr.report.claim_stats import format_table
 from fedattr.report.detectors import detector_markdown
+from fedattr.report.machine import machine
 from fedattr.report.reader import Environment, ScenarioResults, SweepMeta
 from fedattr.report.render import md_table
 from fedattr.report.stats import PairedStats, fmt_ci, fmt_num, fmt_p, mean_ci, min_wilcoxon_p
@@ -19,7 +22,7 @@ from fedattr.report.summary import (SAMPLING_NOTE, ScenarioSummary, SweepSummary
 from fedattr.scenario import HONEST_ATTACK, to_toml
 
 __all__ = ["scenario_markdown", "sweep_markdown", "status_lines", "settings_rows", "wilcoxon_floor_note",
-           "provenance_line"]
+           "provenance_line", "generated_lines"]
 
 #: below this many seeds the Wilcoxon floor 2/2^n is stated next to every p
 FEW_SEEDS = 6
@@ -140,6 +143,15 @@ def _sampling_section(res: ScenarioResults, summary: ScenarioSummary) -> list[st
                         for pid in res.attacker_ids for arm in res.arms for ev in res.evaluators
                         for st in [summary.attacker[arm][ev][pid]]])
     return md
+
+
+def generated_lines(command: str, page: Path) -> list[str]:
+    """The first lines of a generated results page: when and by which command it was written, the
+    commit of the checkout it is written into, and the machine that wrote it."""
+    where = page.parent if page.parent.exists() else Path.cwd()
+    return [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{command}`",
+            f"- page written at commit {git_commit(where)}",
+            f"- {machine().line()} (the machine that wrote this page)"]
 
 
 def provenance_line(res: ScenarioResults) -> str:

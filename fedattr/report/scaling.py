@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
 
 from fedattr.core.errors import UserError
-from fedattr.core.provenance import git_commit
 from fedattr.report.costs import RoundCost, cost_ratios, round_costs
-from fedattr.report.machine import machine
+from fedattr.report.markdown import generated_lines
 from fedattr.report.reader import Environment, read_environment, read_scenario
 from fedattr.report.render import md_table
 from fedattr.results.store import atomic_write_text
@@ -141,10 +139,7 @@ def write_scaling_page(dirs: list[Path], page: Path, bench_json: Path | None = N
             bench["sequential"], bench["concurrent"], bench["speedup"]  # noqa: B018 - the keys the page reads
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--bench {bench_json}: not a benchmarks.concurrency JSON ({exc})") from None
-    header = [f"- generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
-              f"`{command or 'fedattr report --scaling ' + shlex.join(map(str, dirs))}`",
-              f"- page written at commit {git_commit(page.parent if page.parent.exists() else Path.cwd())}",
-              f"- {machine().line()} (the machine that wrote this page)", ""]
+    header = generated_lines(command or "fedattr report --scaling " + shlex.join(map(str, dirs)), page) + [""]
     page.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(page, scaling_markdown(runs, bench, header))
     return page
