@@ -67,6 +67,11 @@ def _job(arm: str, seed: int, finished: bool = True) -> tuple[list[dict], dict]:
                     "tmc": {p: v * TMC_SCALE[arm] for p, v in cf_vec.items()}}
             rec["counterfactual_values"] = {ev: {0: v[0]} for ev, v in vecs.items()}
             rec["counterfactual_vectors"] = {ev: {0: v} for ev, v in vecs.items()}
+        if arm == "attack":
+            # round 1 warms up (no injection): its numbers must not count; then known alignments
+            rec["attack_metrics"] = {0: {"active": True, "warming_up": t == 1, "target_precision": 1.0,
+                                         "alignment_after": 99.0 if t == 1 else 0.1 * seed + 0.01 * t,
+                                         "cosine_to_honest": 0.5}}
         # norm: higher = more suspicious; the attacker's score is the highest in every round
         scores = {0: 10.0, 1: 1.0, 2: 2.0, 3: 3.0}
         flag0 = arm == "attack" and t <= FLAGGED[seed]
@@ -301,3 +306,18 @@ def test_without_a_reference_cell_factors_are_named_against_the_claim_regime(cel
     md = write_breadth_page([cells["mlp"]], tmp_path / "p.md").read_text()
     # the mlp cell inflates, but "across models" needs the claim regime itself too
     assert "| across models | **not settled** |" in md and "**No reference cell**" in md
+
+
+def test_the_attack_metrics_are_means_over_injecting_rounds_then_over_seeds(cells, tmp_path):
+    from fedattr.report.breadth_stats import ATTACK_METRICS
+
+    cell = load_cell(cells["claim"])
+    # per seed the mean of 0.1 s + 0.01 t over rounds 2-4 (round 1 warms up): 0.1 s + 0.03
+    assert cell.attack["alignment_after"].mean == pytest.approx(np.mean([0.1 * s + 0.03 for s in SEEDS]))
+    assert cell.attack["alignment_after"].n == len(SEEDS)
+    assert cell.attack["target_precision"].mean == pytest.approx(1.0)
+    assert cell.attack["teacher_prob_after"].n == 0  # never recorded
+    page = write_breadth_page([cells["claim"]], tmp_path / "breadth.md").read_text(encoding="utf-8")
+    row = next(line for line in page.split("## The attack in each cell")[1].splitlines()
+               if line.startswith("| breadth_claim"))
+    assert list(ATTACK_METRICS.values())[2] in page and "| 1.0000 ± 0.0000 | — | 0.2800 ± " in row

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedattr.core.errors import UserError
-from fedattr.report.breadth_stats import (ACCURACY_MARGIN, CHEAP_ESTIMATORS, EXACT, EXTENDED_SEEDS, MIN_SEEDS, RULES,
+from fedattr.report.breadth_stats import (ACCURACY_MARGIN, ATTACK_METRICS, CHEAP_ESTIMATORS, EXACT, EXTENDED_SEEDS, MIN_SEEDS, RULES,
                                           WITHIN, Cell, Clause, flatten_settings, equivalent, factor_of, load_cell, significant, verdict_table)
 from fedattr.report.markdown import generated_lines, provenance_line, wilcoxon_floor_note
 from fedattr.report.render import md_table
-from fedattr.report.stats import MeanCI, PairedStats, fmt_num, fmt_p
+from fedattr.report.stats import MeanCI, PairedStats, fmt_ci, fmt_num, fmt_p
 from fedattr.results.store import atomic_write_text
 from fedattr.scenario import dump_resolved
 
@@ -188,12 +188,25 @@ def _estimator_section(cells: Sequence[Cell]) -> list[str]:
     return md
 
 
+def _attack_section(cells: Sequence[Cell]) -> list[str]:
+    md = ["## The attack in each cell", "",
+          "The attacker's own round metrics: per seed the mean over the rounds it injected in (past its "
+          "warm-up), then mean ± 95% t-CI over the cell's paired seeds. They say whether the attack did "
+          "in a cell what it does where it inflates: right targets, images its generator's teacher reads "
+          "as the targets, a synthetic batch whose gradient points along the proxy-validation gradient, "
+          "an update that differs from the honest one.", ""]
+    rows = [[c.name + (" (short)" if c.short else ""), *[fmt_ci(c.attack[m], signed=False) if m in c.attack else "—"
+                                                         for m in ATTACK_METRICS]] for c in cells]
+    return md + md_table(["cell", *ATTACK_METRICS.values()], rows)
+
+
 def breadth_markdown(cells: Sequence[Cell], reference: Cell | None, header: Sequence[str] = ()) -> str:
     """The breadth page: cells, verdicts, each cell's tables, the cheap estimators' error."""
     md = ["# Breadth study: the claim across datasets, models, evaluators, aggregators and detectors", "", *header]
     md += _cells_section(cells, reference)
     md += _verdict_section(verdict_table(cells, reference), cells)
     md += _estimator_section(cells)
+    md += _attack_section(cells)
     for c in cells:
         md += _cell_section(c)
     return "\n".join(md)

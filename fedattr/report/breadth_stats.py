@@ -33,12 +33,12 @@ from fedattr.protocol import DetectorRound, RoundRecord
 from fedattr.report.claim_stats import job_effects
 from fedattr.report.detectors import detector_names
 from fedattr.report.reader import JobResult, ScenarioResults, load_results
-from fedattr.report.stats import MeanCI, PairedStats, as_float, bounded_ci, fmt_num, fmt_p, paired_stats
+from fedattr.report.stats import MeanCI, PairedStats, as_float, bounded_ci, fmt_num, fmt_p, mean_ci, paired_stats
 from fedattr.report.summary import ScenarioSummary, scenario_summary
 from fedattr.scenario import HONEST_ATTACK
 
 __all__ = ["HOLDS", "FAILS", "OPEN", "ALPHA", "INFLATION_MARGIN", "ACCURACY_MARGIN", "FLAG_MARGIN",
-           "WITHIN", "MIN_SEEDS", "EXTENDED_SEEDS", "EXACT", "CHEAP_ESTIMATORS", "NOT_MARGINAL", "RULES",
+           "WITHIN", "MIN_SEEDS", "EXTENDED_SEEDS", "ATTACK_METRICS", "attack_metrics", "EXACT", "CHEAP_ESTIMATORS", "NOT_MARGINAL", "RULES",
            "significant", "inflation_verdict", "accuracy_verdict", "equivalent", "reshape_verdict",
            "detector_verdict", "combine", "relative_l1", "round_games", "flag_rate", "pairwise_auc",
            "flatten_settings", "EvaluatorStats", "DetectorStats", "EstimatorAccuracy", "Cell", "load_cell", "factor_of",
@@ -60,6 +60,13 @@ WITHIN = 0.05
 MIN_SEEDS = 6
 #: seeds a cell needs when its exact-Shapley inflation interval includes 0 at fewer seeds
 EXTENDED_SEEDS = 12
+#: the attack's own round metrics shown per cell: what the synthetic batch and the update did
+ATTACK_METRICS = {
+    "target_precision": "targets right (precision)",
+    "teacher_prob_after": "teacher's confidence in the targets",
+    "alignment_after": "cos(synthetic batch gradient, proxy-validation gradient)",
+    "cosine_to_honest": "cos(update, the attacker's honest update)",
+}
 #: the reference of every estimator
 EXACT = "shapley"
 #: the cheap estimators measured against exact Shapley, in table order
@@ -325,6 +332,7 @@ class Cell:
     accuracy: PairedStats | None = None
     detectors: dict[str, DetectorStats] = field(default_factory=dict)
     estimators: dict[str, EstimatorAccuracy] = field(default_factory=dict)
+    attack: dict[str, MeanCI] = field(default_factory=dict)
 
     @property
     def required(self) -> int:
@@ -457,6 +465,23 @@ def _estimator_accuracy(res: ScenarioResults, cell_arms: Sequence[str], attacker
     return out
 
 
+def attack_metrics(jobs: Sequence[JobResult], attacker: str) -> dict[str, MeanCI]:
+    """Per metric of :data:`ATTACK_METRICS`: mean and t-CI over jobs of each job's mean over the
+    rounds in which the attacker injected (active, past its warm-up); a metric no round recorded
+    has ``n = 0``."""
+    out = {}
+    for name in ATTACK_METRICS:
+        per_job = []
+        for job in jobs:
+            xs = [as_float(m.get(name)) for m in (r.attack_metrics.get(int(attacker)) or {} for r in job.rounds)
+                  if m.get("active") and not m.get("warming_up")]
+            xs = [x for x in xs if math.isfinite(x)]
+            if xs:
+                per_job.append(float(np.mean(xs)))
+        out[name] = mean_ci(per_job)
+    return out
+
+
 def load_cell(path: str | Path) -> Cell:
     """Read one cell directory (finished jobs only) and compute its statistics; its factor is named by
     :func:`fedattr.report.breadth.load_cells`, which compares the cells."""
@@ -487,6 +512,7 @@ def load_cell(path: str | Path) -> Cell:
                                  for s in seeds)
     cell.detectors = _detector_stats(res, attack, honest, attacker, seeds)
     cell.estimators = _estimator_accuracy(res, [honest, attack], attacker, seeds, infl)
+    cell.attack = attack_metrics([res.jobs[(attack, s)] for s in seeds], attacker)
     return cell
 
 
