@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedattr.core.errors import UserError
-from fedattr.report.breadth_stats import (ACCURACY_MARGIN, ATTACK_METRICS, CHEAP_ESTIMATORS, EXACT, EXTENDED_SEEDS, MIN_SEEDS, RULES,
-                                          WITHIN, Cell, Clause, flatten_settings, equivalent, factor_of, load_cell, significant, verdict_table)
+from fedattr.report.breadth_stats import (ACCURACY_MARGIN, ATTACK_METRICS, CHEAP_ESTIMATORS, EXACT, EXTENDED_SEEDS,
+                                          MIN_SEEDS, RULES, WITHIN, Cell, Clause, equivalent, factor_of,
+                                          flatten_settings, load_cell, significant, verdict_table)
 from fedattr.report.markdown import generated_lines, provenance_line, wilcoxon_floor_note
 from fedattr.report.render import md_table
 from fedattr.report.stats import MeanCI, PairedStats, fmt_ci, fmt_num, fmt_p

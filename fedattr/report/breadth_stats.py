@@ -38,7 +38,8 @@ from fedattr.report.summary import ScenarioSummary, scenario_summary
 from fedattr.scenario import HONEST_ATTACK
 
 __all__ = ["HOLDS", "FAILS", "OPEN", "ALPHA", "INFLATION_MARGIN", "ACCURACY_MARGIN", "FLAG_MARGIN",
-           "WITHIN", "MIN_SEEDS", "EXTENDED_SEEDS", "ATTACK_METRICS", "attack_metrics", "EXACT", "CHEAP_ESTIMATORS", "NOT_MARGINAL", "RULES",
+           "WITHIN", "MIN_SEEDS", "EXTENDED_SEEDS", "ATTACK_METRICS", "attack_metrics", "EXACT",
+           "CHEAP_ESTIMATORS", "NOT_MARGINAL", "RULES",
            "significant", "inflation_verdict", "accuracy_verdict", "equivalent", "reshape_verdict",
            "detector_verdict", "combine", "relative_l1", "round_games", "flag_rate", "pairwise_auc",
            "flatten_settings", "EvaluatorStats", "DetectorStats", "EstimatorAccuracy", "Cell", "load_cell", "factor_of",
