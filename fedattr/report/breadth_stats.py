@@ -33,7 +33,8 @@ from fedattr.protocol import DetectorRound, RoundRecord
 from fedattr.report.claim_stats import job_effects
 from fedattr.report.detectors import detector_names
 from fedattr.report.reader import JobResult, ScenarioResults, load_results
-from fedattr.report.stats import MeanCI, PairedStats, as_float, bounded_ci, fmt_num, fmt_p, mean_ci, paired_stats
+from fedattr.report.stats import (MeanCI, PairedStats, as_float, bounded_ci, finite, fmt_num, fmt_p, mean_ci,
+                                  paired_stats)
 from fedattr.report.summary import ScenarioSummary, scenario_summary
 from fedattr.scenario import HONEST_ATTACK
 
@@ -470,17 +471,15 @@ def attack_metrics(jobs: Sequence[JobResult], attacker: str) -> dict[str, MeanCI
     """Per metric of :data:`ATTACK_METRICS`: mean and t-CI over jobs of each job's mean over the
     rounds in which the attacker injected (active, past its warm-up); a metric no round recorded
     has ``n = 0``."""
-    out = {}
-    for name in ATTACK_METRICS:
-        per_job = []
-        for job in jobs:
-            xs = [as_float(m.get(name)) for m in (r.attack_metrics.get(int(attacker)) or {} for r in job.rounds)
-                  if m.get("active") and not m.get("warming_up")]
-            xs = [x for x in xs if math.isfinite(x)]
+    per_job: dict[str, list[float]] = {name: [] for name in ATTACK_METRICS}
+    for job in jobs:
+        injecting = [m for m in (r.attack_metrics.get(int(attacker)) or {} for r in job.rounds)
+                     if m.get("active") and not m.get("warming_up")]
+        for name, means in per_job.items():
+            xs = finite(m.get(name) for m in injecting)
             if xs:
-                per_job.append(float(np.mean(xs)))
-        out[name] = mean_ci(per_job)
-    return out
+                means.append(float(np.mean(xs)))
+    return {name: mean_ci(means) for name, means in per_job.items()}
 
 
 def load_cell(path: str | Path) -> Cell:

@@ -152,9 +152,8 @@ def removed_ci(res: ScenarioResults, ev: str, confidence: float = 0.95, draws: i
                attack: str = ATTACK) -> tuple[float, float, float]:
     """Share of plain Shapley's counterfactual inflation that ``ev`` removes, ``1 - sum(ev)/sum(plain)``
     over the seeds of the arm whose attack is ``attack``, with a bootstrap percentile interval over seeds."""
-    arm = arm_of(res, attack)
-    left = _ratio_ci(_pairs(res, ev, arm, arm), confidence, draws)
-    return 1.0 - left[0], 1.0 - left[2], 1.0 - left[1]
+    r = _removed(res, ev, attack, confidence, draws)
+    return r.point, r.low, r.high
 
 
 def holder_table(res: ScenarioResults) -> dict[str, MeanCI]:
@@ -249,23 +248,22 @@ def _rank_shift(job: JobResult, ev: str) -> float:
 
 def _removed(res: ScenarioResults, ev: str, attack: str, confidence: float, draws: int) -> Removed:
     arm = arm_of(res, attack)
-    point, lo, hi = removed_ci(res, ev, confidence, draws, attack=attack)
-    return Removed(point, lo, hi, len(_pairs(res, ev, arm, arm)))
+    pairs = _pairs(res, ev, arm, arm)
+    left, lo, hi = _ratio_ci(pairs, confidence, draws)
+    return Removed(1.0 - left, 1.0 - hi, 1.0 - lo, len(pairs))
 
 
-def _cost_ratio(honest: list[JobResult], ev: str) -> tuple[float, float]:
-    mine = [cost(j, ev) for j in honest]
-    plain = [cost(j, PLAIN) for j in honest]
-    ratio = lambda i: (_nanmean(c[i] for c in mine) / _nanmean(c[i] for c in plain)  # noqa: E731
-                       if plain and _nanmean(c[i] for c in plain) else math.nan)
-    return ratio(0), ratio(1)
+def _over_plain(table: dict[str, dict[str, Any]], ev: str, key: str) -> float:
+    """``ev``'s figure over plain Shapley's in :func:`mitigation_table` (NaN when plain's is 0 or missing)."""
+    plain = table.get(PLAIN, {}).get(key, math.nan)
+    return table[ev][key] / plain if math.isfinite(plain) and plain != 0 else math.nan
 
 
 def mitigations(res: ScenarioResults, holder: ScenarioResults | None = None, confidence: float = 0.95,
                 draws: int = 2000) -> list[Mitigation]:
     """Every evaluator of ``res`` but :data:`PLAIN`, with its item-3 figures and bar verdict."""
     att = res.attacker_ids[0] if res.attacker_ids else None
-    attack_arm, adaptive_arm = arm_of(res, ATTACK), arm_of(res, ADAPTIVE)
+    adaptive_arm = arm_of(res, ADAPTIVE)
     honest = finished(res, res.honest_arm)
     table = mitigation_table(res)
     kept = holder_table(holder) if holder is not None else {}
@@ -276,16 +274,14 @@ def mitigations(res: ScenarioResults, holder: ScenarioResults | None = None, con
         removed = _removed(res, ev, ATTACK, confidence, draws)
         tau = table[ev]["tau"]
         keep = kept.get(ev, mean_ci([]))
-        evals, secs = _cost_ratio(honest, ev)
         out.append(Mitigation(
-            evaluator=ev, removed=removed,
-            left=mean_ci(_inflation(j, ev, att) for j in finished(res, attack_arm)) if att else mean_ci([]),
+            evaluator=ev, removed=removed, left=table[ev]["inflation"],
             removed_adaptive=(_removed(res, ev, ADAPTIVE, confidence, draws) if adaptive_arm
                               else Removed(math.nan, math.nan, math.nan, 0)),
             left_adaptive=mean_ci(_inflation(j, ev, att) for j in finished(res, adaptive_arm)) if att else mean_ci([]),
             benign_tau=tau, honest_tau=table[ev]["honest_tau"],
             rank_shift=mean_ci(_rank_shift(j, ev) for j in honest), kept=keep,
-            evals_ratio=evals, seconds_ratio=secs,
+            evals_ratio=_over_plain(table, ev, "evals"), seconds_ratio=_over_plain(table, ev, "seconds"),
             fails=_fails({"removed": removed.point, "tau": tau.mean, "kept": keep.mean})))
     return out
 
