@@ -1,4 +1,5 @@
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -18,14 +19,22 @@ def splits():
     return load_splits("mnist5k", None, 500, 500, 300)
 
 
+@contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """torch on one thread for a module's tests, restored after: small models run faster so than
     on two contended cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with _torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +46,7 @@ def digits_round():
     from fedattr.learning.models import build_model
     from fedattr.learning.training import train_local
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):
         d = load_splits("digits")
         torch.manual_seed(0)
         model = build_model("cnn", side=8)
@@ -53,6 +60,4 @@ def digits_round():
             part = slice(40 * i, 40 * (i + 1))
             train_local(client, d.x_pool[part], d.y_pool[part], epochs=1, lr=0.05, seed=i)
             updates.append(layout.flatten(client.state_dict()) - base)
-    finally:
-        torch.set_num_threads(before)
     return model, d.x_val, d.y_val, base, torch.stack(updates)
